@@ -1,0 +1,64 @@
+"""What descent's own optimizers share: group validation and (device, dtype) bucketing."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import torch
+
+from descent.optim._validation import check_dense, check_params
+
+
+class DescentOptimizer(torch.optim.Optimizer):
+    """A ``torch.optim.Optimizer`` that validates every param group it is given.
+
+    Subclasses implement ``_check_hyperparameters(group)``; it runs for the defaults and for
+    every group added later, so a bad lr in a second param group is refused like a bad default.
+    """
+
+    def __init__(self, params: Any, defaults: dict[str, Any]) -> None:
+        self._check_hyperparameters(defaults)
+        super().__init__(check_params(params), defaults)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        merged = {**self.defaults, **{k: v for k, v in param_group.items() if k != "params"}}
+        self._check_hyperparameters(merged)
+        params = param_group["params"]
+        tensors = [params] if isinstance(params, torch.Tensor) else list(params)
+        for p in tensors:
+            if isinstance(p, torch.Tensor) and p.is_complex():
+                raise TypeError(f"{type(self).__name__} does not support complex parameters")
+        super().add_param_group(param_group)
+
+    def _check_hyperparameters(self, group: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def _params_with_grad(self, group: dict[str, Any]) -> list[torch.Tensor]:
+        params = [p for p in group["params"] if p.grad is not None]
+        for p in params:
+            check_dense(p, type(self).__name__)
+        return params
+
+    def _use_foreach(self, group: dict[str, Any], params: list[torch.Tensor]) -> bool:
+        if group["foreach"] is not None:
+            return bool(group["foreach"])
+        # Same rule as torch.optim: the multi-tensor path where every tensor is on an accelerator.
+        return bool(params) and all(p.device.type != "cpu" for p in params)
+
+
+def group_by_device_and_dtype(
+    *tensor_lists: list[torch.Tensor],
+) -> list[tuple[list[torch.Tensor], ...]]:
+    """Split parallel tensor lists into buckets whose tensors share device and dtype.
+
+    ``torch._foreach_*`` kernels take their fast path only within one such bucket.
+    """
+    buckets: dict[tuple[torch.device, torch.dtype], tuple[list[torch.Tensor], ...]] = defaultdict(
+        lambda: tuple([] for _ in tensor_lists)
+    )
+    for row in zip(*tensor_lists):
+        bucket = buckets[(row[0].device, row[0].dtype)]
+        for column, tensor in zip(bucket, row):
+            column.append(tensor)
+    return list(buckets.values())
