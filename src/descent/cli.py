@@ -1,0 +1,136 @@
+"""The ``descent`` command line."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from descent.optim import OPTIMIZERS
+from descent.train.minimize import minimize
+from descent.workloads.landscapes import LANDSCAPES, get_landscape
+
+app = typer.Typer(
+    help="Training models by gradient descent: optimizers, landscapes, comparisons.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+
+
+def _fail(message: str) -> None:
+    console.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code=2)
+
+
+def parse_value(text: str) -> object:
+    """Read a ``--param`` value: bool, int, float, a comma-separated tuple, else the string."""
+    lowered = text.strip().lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if "," in text:
+        return tuple(parse_value(part) for part in text.split(","))
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_params(pairs: list[str]) -> dict[str, object]:
+    """Turn ``["momentum=0.9", "betas=0.9,0.99"]`` into keyword arguments."""
+    parsed = {}
+    for pair in pairs:
+        name, separator, value = pair.partition("=")
+        if not separator or not name:
+            _fail(f"--param takes NAME=VALUE, got {pair!r}")
+        parsed[name.strip()] = parse_value(value)
+    return parsed
+
+
+@app.command("minimize")
+def minimize_command(
+    landscape: Annotated[str, typer.Argument(help=f"One of: {', '.join(LANDSCAPES)}.")],
+    optimizer: Annotated[
+        str, typer.Option("--optimizer", "-o", help="A registered optimizer.")
+    ] = "adam",
+    lr: Annotated[
+        float | None, typer.Option(help="Learning rate (default: the optimizer's).")
+    ] = None,
+    steps: Annotated[int, typer.Option("--steps", "-n", help="Optimizer steps.")] = 1000,
+    start: Annotated[
+        str | None, typer.Option(help="Start point 'x,y' (default: the landscape's).")
+    ] = None,
+    param: Annotated[
+        list[str] | None,
+        typer.Option("--param", "-p", help="Other hyperparameters, NAME=VALUE, repeatable."),
+    ] = None,
+    plot: Annotated[
+        Path | None, typer.Option(help="Save the trajectory over the contours (PNG).")
+    ] = None,
+) -> None:
+    """Run one optimizer on a 2-D landscape and report where it ends."""
+    try:
+        surface = get_landscape(landscape)
+        hyperparameters = parse_params(param or [])
+        if lr is not None:
+            hyperparameters["lr"] = lr
+        x0 = surface.start if start is None else tuple(float(v) for v in start.split(","))
+        if len(x0) != 2:
+            raise ValueError(f"--start needs two numbers 'x,y', got {start!r}")
+        trajectory = minimize(surface, x0, optimizer, steps, **hyperparameters)
+    except (ValueError, TypeError) as error:
+        _fail(str(error))
+
+    table = Table(title=f"{optimizer} on {surface.name}, {len(trajectory.path) - 1} steps")
+    table.add_column("")
+    table.add_column("x", justify="right")
+    table.add_column("y", justify="right")
+    table.add_column("f", justify="right")
+    table.add_row("start", *(f"{v:.6g}" for v in x0), f"{trajectory.losses[0]:.6g}")
+    table.add_row("end", *(f"{v:.6g}" for v in trajectory.x), f"{trajectory.loss:.6g}")
+    if surface.minima:
+        nearest, distance = surface.nearest_minimum(trajectory.x)
+        table.add_row("nearest minimum", *(f"{v:.6g}" for v in nearest), "")
+    console.print(table)
+    if surface.minima:
+        console.print(f"distance to nearest minimum: {distance:.6g}")
+    console.print(f"loss: {trajectory.loss:.6g}")
+    if trajectory.diverged_at is not None:
+        console.print(
+            f"[bold yellow]diverged at step {trajectory.diverged_at}[/]: the value or the point "
+            "stopped being finite; try a smaller --lr"
+        )
+    if plot is not None:
+        from descent.lab.report import plot_trajectories
+
+        saved = plot_trajectories(surface, {optimizer: trajectory}, plot)
+        console.print(f"trajectory plot: {saved}")
+
+
+@app.command("optimizers")
+def optimizers_command() -> None:
+    """List the registered optimizers and their defaults."""
+    table = Table(title="descent optimizers")
+    table.add_column("name")
+    table.add_column("what")
+    table.add_column("defaults")
+    for name, spec in OPTIMIZERS.items():
+        shown = {
+            k: v
+            for k, v in spec.hyperparameters.items()
+            if k not in ("foreach", "maximize", "differentiable", "capturable", "fused")
+            and not (isinstance(v, float) and math.isnan(v))
+        }
+        table.add_row(name, spec.summary, ", ".join(f"{k}={v}" for k, v in shown.items()))
+    console.print(table)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,79 @@
+"""Figures for what descent measures: trajectories over a landscape, curves over steps."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from descent.train.minimize import Trajectory
+from descent.workloads.landscapes import Landscape
+
+
+def plot_trajectories(
+    landscape: Landscape,
+    trajectories: Mapping[str, Trajectory],
+    path: str | os.PathLike,
+    *,
+    resolution: int = 300,
+) -> Path:
+    """Draw each trajectory over the contours of ``landscape`` and save a PNG atomically.
+
+    The start is a circle, the end a cross, the known minima are stars.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import LogNorm
+
+    (x_min, x_max), (y_min, y_max) = landscape.bounds
+    for trajectory in trajectories.values():
+        finite = trajectory.path[np.isfinite(trajectory.path).all(axis=1)]
+        x_min, x_max = min(x_min, finite[:, 0].min()), max(x_max, finite[:, 0].max())
+        y_min, y_max = min(y_min, finite[:, 1].min()), max(y_max, finite[:, 1].max())
+    xs = torch.linspace(x_min, x_max, resolution, dtype=torch.float64)
+    ys = torch.linspace(y_min, y_max, resolution, dtype=torch.float64)
+    grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1)
+    values = landscape(grid).numpy()
+
+    figure, axes = plt.subplots(figsize=(7, 6))
+    if landscape.log_scale:
+        shifted = values - values.min() + 1e-3
+        levels = np.geomspace(shifted.min(), shifted.max(), 30)
+        contour = axes.contourf(xs, ys, shifted, levels=levels, norm=LogNorm(), cmap="viridis")
+    else:
+        contour = axes.contourf(xs, ys, values, levels=30, cmap="viridis")
+    figure.colorbar(contour, ax=axes, label="f(x, y)" + (" (log)" if landscape.log_scale else ""))
+    for minimum in landscape.minima:
+        axes.plot(*minimum, marker="*", markersize=14, color="white", markeredgecolor="black")
+    for label, trajectory in trajectories.items():
+        points = trajectory.path
+        (line,) = axes.plot(points[:, 0], points[:, 1], linewidth=1.4, label=label)
+        axes.plot(*points[0], marker="o", color=line.get_color(), markeredgecolor="black")
+        axes.plot(*points[-1], marker="X", markersize=9, color=line.get_color())
+    axes.set(xlim=(x_min, x_max), ylim=(y_min, y_max), xlabel="x", ylabel="y", title=landscape.name)
+    axes.legend(loc="upper right")
+    return save_figure(figure, path)
+
+
+def save_figure(figure, path: str | os.PathLike) -> Path:
+    """Save a matplotlib figure as PNG through a temporary file and a rename, then close it."""
+    import matplotlib.pyplot as plt
+
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=target.parent, suffix=".png.tmp")
+    os.close(handle)
+    try:
+        figure.savefig(temporary, dpi=110, bbox_inches="tight", format="png")
+        os.replace(temporary, target)
+    finally:
+        plt.close(figure)
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+    return target

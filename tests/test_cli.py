@@ -1,0 +1,71 @@
+"""The command line, as a user runs it."""
+
+from __future__ import annotations
+
+import re
+
+from typer.testing import CliRunner
+
+from descent.cli import app, parse_value
+
+runner = CliRunner()
+
+
+def test_minimize_prints_start_end_distance_and_loss_and_saves_a_plot(tmp_path):
+    png = tmp_path / "plots" / "rosenbrock.png"
+    result = runner.invoke(
+        app,
+        ["minimize", "rosenbrock", "--optimizer", "adam", "--lr", "0.01", "--steps", "2000",
+         "--plot", str(png)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "adam on rosenbrock, 2000 steps" in result.output
+    assert re.search(r"start\s+│\s+-1.5\s+│\s+2\s+│\s+12.5", result.output)
+    distance = float(re.search(r"distance to nearest minimum: (\S+)", result.output).group(1))
+    loss = float(re.search(r"loss: (\S+)", result.output).group(1))
+    assert 0 < distance < 0.5 and 0 < loss < 0.05
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_minimize_takes_other_hyperparameters_and_a_start():
+    result = runner.invoke(
+        app,
+        ["minimize", "ill_conditioned", "-o", "momentum", "--lr", "0.005", "-n", "2000",
+         "--start", "1,1", "-p", "momentum=0.8", "-p", "nesterov=true"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert float(re.search(r"distance to nearest minimum: (\S+)", result.output).group(1)) < 1e-9
+
+
+def test_minimize_reports_divergence():
+    result = runner.invoke(app, ["minimize", "rosenbrock", "-o", "sgd", "--lr", "1", "-n", "50"])
+    assert result.exit_code == 0
+    assert "diverged at step" in result.output
+
+
+def test_bad_input_gets_one_clear_line_and_exit_code_2():
+    cases = [
+        (["minimize", "sphere"], "Unknown landscape 'sphere'"),
+        (["minimize", "beale", "-o", "adamax"], "Unknown optimizer 'adamax'"),
+        (["minimize", "beale", "--lr", "-1"], "Invalid lr: -1.0"),
+        (["minimize", "beale", "-p", "betas"], "--param takes NAME=VALUE"),
+        (["minimize", "beale", "-p", "gamma=2"], "Unknown hyperparameter(s) gamma"),
+        (["minimize", "beale", "--start", "1,2,3"], "--start needs two numbers"),
+    ]
+    for arguments, message in cases:
+        result = runner.invoke(app, arguments)
+        assert result.exit_code == 2, (arguments, result.output)
+        assert message in result.output.replace("\n", " "), result.output
+        assert "Traceback" not in result.output
+
+
+def test_optimizers_lists_the_registry():
+    result = runner.invoke(app, ["optimizers"])
+    assert result.exit_code == 0
+    for name in ("sgd", "nesterov", "adamw", "lion", "sophia"):
+        assert name in result.output
+
+
+def test_parse_value_reads_numbers_booleans_and_tuples():
+    assert parse_value("0.9,0.99") == (0.9, 0.99)
+    assert parse_value("true") is True and parse_value("3") == 3 and parse_value("1e-3") == 1e-3
