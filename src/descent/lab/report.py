@@ -48,7 +48,15 @@ def plot_trajectories(
         contour = axes.contourf(xs, ys, shifted, levels=levels, norm=LogNorm(), cmap="viridis")
     else:
         contour = axes.contourf(xs, ys, values, levels=30, cmap="viridis")
-    figure.colorbar(contour, ax=axes, label="f(x, y)" + (" (log)" if landscape.log_scale else ""))
+    colorbar = figure.colorbar(contour, ax=axes)
+    if landscape.log_scale:
+        from matplotlib.ticker import LogLocator
+
+        colorbar.locator = LogLocator()
+        colorbar.update_ticks()
+        colorbar.set_label("f(x, y) - min f + 1e-3 (log scale)")
+    else:
+        colorbar.set_label("f(x, y)")
     for minimum in landscape.minima:
         axes.plot(*minimum, marker="*", markersize=14, color="white", markeredgecolor="black")
     for label, trajectory in trajectories.items():
