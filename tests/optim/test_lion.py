@@ -136,3 +136,17 @@ def test_deepcopy_and_zero_grad_work_like_torch_optimizers():
     model(torch.randn(2, 6, dtype=torch.float64)).sum().backward()
     optimizer.zero_grad(set_to_none=True)
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_torch_lr_scheduler_drives_the_step_size():
+    x = torch.zeros(2, dtype=torch.float64, requires_grad=True)
+    optimizer = Lion([x], lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5**step)
+    moves = []
+    for _ in range(4):
+        before = x.detach().clone()
+        x.grad = torch.tensor([1.0, -1.0], dtype=torch.float64)
+        optimizer.step()
+        scheduler.step()
+        moves.append((x.detach() - before).tolist())
+    assert moves == [[-0.1, 0.1], [-0.05, 0.05], [-0.025, 0.025], [-0.0125, 0.0125]]
