@@ -4,7 +4,8 @@ One short run in which step ``i`` uses
 :math:`\\eta_i = \\eta_0 (\\eta_1 / \\eta_0)^{i / (n - 1)}`. The loss is smoothed by a
 bias-corrected exponential average; the test stops when the smoothed loss exceeds
 ``diverge_factor`` times its minimum. The suggestion is the lr where the smoothed loss falls
-fastest against log lr, before the minimum: large enough to learn quickly, below the edge.
+fastest against log lr, between the first tenth of the curve and its minimum: large enough
+to learn quickly, below the edge.
 
 References:
     Smith, "Cyclical Learning Rates for Training Neural Networks", WACV 2017, arXiv:1506.01186.
@@ -146,11 +147,14 @@ def _suggest(lrs: np.ndarray, losses: np.ndarray) -> float:
     lrs, losses = lrs[finite], losses[finite]
     if len(losses) < 3:
         return float(lrs[0]) if len(lrs) else math.nan
+    # The first tenth is skipped: there the average rests on few batches and is mostly noise.
+    skip = max(1, len(losses) // 10)
     lowest = int(np.argmin(losses))
-    if lowest < 2:
+    if lowest - skip < 2:
         return float(lrs[lowest])
-    slopes = np.gradient(losses[: lowest + 1], np.log(lrs[: lowest + 1]))
-    return float(lrs[int(np.argmin(slopes))])
+    window = slice(skip, lowest + 1)
+    slopes = np.gradient(losses[window], np.log(lrs[window]))
+    return float(lrs[skip + int(np.argmin(slopes))])
 
 
 def plot_lr_range(result: LRRangeResult, out: str | Path) -> Path:
