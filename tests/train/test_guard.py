@@ -117,3 +117,57 @@ def test_a_rollback_restores_model_and_optimizer_state_exactly():
     guard.rollback(model, optimizer, "test")
     assert torch.equal(model.weight, saved_weight)
     assert guard.lr_scale == 0.25
+
+
+class _InfiniteGradientOnce(torch.autograd.Function):
+    """Identity forward; on the chosen backward call the gradient becomes inf."""
+
+    calls = 0
+    at = 7
+
+    @staticmethod
+    def forward(ctx, value):
+        return value.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        _InfiniteGradientOnce.calls += 1
+        return grad * math.inf if _InfiniteGradientOnce.calls == _InfiniteGradientOnce.at else grad
+
+
+@pytest.mark.parametrize(
+    ("clip_threshold", "expected"),
+    [
+        # clipping by norm measures the norm at every step: caught before the update
+        (1e6, [{"step": 7, "reason": "non-finite gradient norm (nan)", "restored_step": 0}]),
+        # otherwise the inf weights it leaves make the next loss non-finite
+        (None, [{"step": 8, "reason": "non-finite loss (nan)", "restored_step": 0}]),
+    ],
+)
+def test_an_infinite_gradient_with_a_finite_loss_is_rolled_back(clip_threshold, expected):
+    _InfiniteGradientOnce.calls = 0
+    x, y, solution = least_squares()
+
+    def loss_fn(outputs, targets):
+        return F.mse_loss(_InfiniteGradientOnce.apply(outputs), targets)
+
+    model = linear_model()
+    config = TrainConfig(lr=0.3, steps=400, clip_threshold=clip_threshold, progress="none")
+    history = fit(model, (x, y), loss_fn, config)
+    assert [{k: r[k] for k in ("step", "reason", "restored_step")} for r in history.rollbacks] == (
+        expected
+    )
+    assert _relative_error(model, solution) < 1e-6
+
+
+def test_a_snapshot_is_never_taken_of_non_finite_weights():
+    model = torch.nn.Linear(2, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    guard = DivergenceGuard(snapshot_every=5)
+    assert guard.accept(0, 1.0, model, optimizer) is None
+    with torch.no_grad():
+        model.weight[0, 0] = math.inf
+    assert guard.accept(3, 1.0, model, optimizer) is None  # no snapshot due: not looked at
+    assert guard.accept(5, 1.0, model, optimizer) == "non-finite weights"
+    guard.rollback(model, optimizer, "non-finite weights")
+    assert torch.isfinite(model.weight).all()

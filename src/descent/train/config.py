@@ -84,7 +84,7 @@ class TrainConfig:
     guard_loss_factor: float | None = None  # also roll back when loss > factor * running min
     guard_lr_cut: float = 0.5  # multiply the lr by this at each rollback
     guard_max_rollbacks: int = 5  # consecutive rollbacks before stopping with an error
-    guard_snapshot_every: int = 10  # steps between in-memory snapshots of the last good state
+    guard_snapshot_every: int = 100  # steps between in-memory snapshots of the last good state
 
     # -- bookkeeping -------------------------------------------------------------------------
     seed: int = 0  # seeds the data order, the model's randomness and curvature probes

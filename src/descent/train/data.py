@@ -267,7 +267,7 @@ def _check_arrays(
             "(convert with X.float()); for token ids or indices pass allow_integer_inputs=True"
         )
     for label, part in (("X", x), ("y", y)):
-        if part.is_floating_point():
+        if part.is_floating_point() and not bool(torch.isfinite(part).all()):
             bad = int((~torch.isfinite(part)).sum())
             if bad:
                 raise ValueError(

@@ -7,8 +7,16 @@ return to the last in-memory snapshot of a good state, the lr is multiplied by `
 and training continues with the next batch. After ``max_rollbacks`` failures with no new good
 snapshot in between, :class:`DivergenceError` stops the run.
 
-Snapshots are taken every ``snapshot_every`` accepted steps, at a moment the current weights
-are known to be good: their loss and gradient have just passed the check.
+The loss is checked at every step. The gradient norm is checked whenever the loop measures
+it: at every step when clipping by norm, otherwise at log steps. Measuring it at every step
+would cost a pass over all gradients (about 5% of a small model's step); a non-finite gradient
+on an unmeasured step makes the weights non-finite, which the next loss shows, and a snapshot
+is never taken of non-finite weights, so the rollback still lands on a good state.
+
+Snapshots are taken every ``snapshot_every`` accepted steps (and at the first one), at a moment
+the current weights are known to be good: their loss and gradient have just passed the check.
+A snapshot copies the model and the optimizer state, so it is not taken at every step: at the
+default interval of 100 its cost is well under 1% of a step.
 """
 
 from __future__ import annotations
@@ -40,7 +48,7 @@ class DivergenceGuard:
         loss_factor: float | None = None,
         lr_cut: float = 0.5,
         max_rollbacks: int = 5,
-        snapshot_every: int = 10,
+        snapshot_every: int = 100,
     ) -> None:
         self.loss_factor = loss_factor
         self.lr_cut = lr_cut
@@ -51,11 +59,14 @@ class DivergenceGuard:
         self.consecutive_rollbacks = 0
         self._snapshot: tuple[dict[str, Any], dict[str, Any], int] | None = None
 
-    def check(self, loss: float, grad_norm: float) -> str | None:
-        """Why this step must not be taken, or None when it is fine."""
+    def check(self, loss: float, grad_norm: float | None) -> str | None:
+        """Why this step must not be taken, or None when it is fine.
+
+        ``grad_norm`` is None on steps where the loop did not measure it (see the module doc).
+        """
         if not math.isfinite(loss):
             return f"non-finite loss ({loss})"
-        if not math.isfinite(grad_norm):
+        if grad_norm is not None and not math.isfinite(grad_norm):
             return f"non-finite gradient norm ({grad_norm})"
         if self.loss_factor is not None and loss > self.loss_factor * self.running_min:
             return (
@@ -66,13 +77,24 @@ class DivergenceGuard:
 
     def accept(
         self, step: int, loss: float, model: torch.nn.Module, optimizer: torch.optim.Optimizer
-    ) -> None:
-        """Record a good step; snapshot the (good) current state when one is due."""
-        self.running_min = min(self.running_min, loss)
+    ) -> str | None:
+        """Record a good step; snapshot the current state when one is due.
+
+        Returns a reason to roll back instead when the weights about to be saved are not
+        finite (a non-finite gradient on a step whose norm was not measured can leave weights
+        that some batches never touch, such as embedding rows, non-finite).
+        """
         if self._snapshot is None or step % self.snapshot_every == 0:
+            with torch.no_grad():
+                weights = [p for p in model.parameters() if p.is_floating_point()]
+                finite = all(bool(torch.isfinite(p).all()) for p in weights)
+            if not finite:
+                return "non-finite weights"
             model_state = _copy_state(model.state_dict())
             self._snapshot = (model_state, _copy_state(optimizer.state_dict()), step)
             self.consecutive_rollbacks = 0
+        self.running_min = min(self.running_min, loss)
+        return None
 
     def rollback(
         self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, reason: str

@@ -101,9 +101,7 @@ class RunLogger:
             self._jsonl.flush()
             if tensorboard:
                 self._writer = _summary_writer(folder / "tensorboard")
-        from rich.console import Console
-
-        self.console = Console(stderr=True)
+        self._console = None
         if progress == "auto":
             progress = "bar" if self.console.is_terminal else "lines"
         self.mode = progress
@@ -129,6 +127,14 @@ class RunLogger:
                 "training", total=total_steps, completed=done, status=""
             )
             self._progress.start()
+
+    @property
+    def console(self) -> Any:
+        if self._console is None:  # made on first use: a silent run never builds one
+            from rich.console import Console
+
+            self._console = Console(stderr=True)
+        return self._console
 
     def step(self, record: dict[str, Any]) -> None:
         self._write_line("step", record)

@@ -171,7 +171,6 @@ class _Run:
         self.stopper = _EarlyStopping(c.monitor, c.monitor_mode, c.early_stopping_patience)
         self.history = History()
         self.step, self.position = 0, 0
-        self.need_grad_norm = c.guard or (c.clip_threshold is not None and c.clip == "norm")
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.config.autocast is None:
@@ -235,10 +234,12 @@ class _Run:
                 log_now = (step + 1) % c.log_every == 0 or step + 1 == self.total_steps
 
                 # clip (the norm is measured before clipping)
-                grad_norm = self._clip(measure=self.need_grad_norm or log_now)
+                grad_norm = self._clip(measure=log_now)
 
                 # guard, then step and curvature refresh
                 reason = self.guard.check(loss_value, grad_norm) if c.guard else None
+                if reason is None and c.guard:
+                    reason = self.guard.accept(step, loss_value, model, optimizer)
                 win_rate = None
                 if reason is not None:
                     restored = self.guard.rollback(model, optimizer, reason)
@@ -251,8 +252,6 @@ class _Run:
                     history.rollbacks.append(record)
                     logger.rollback(record)
                 else:
-                    if c.guard:
-                        self.guard.accept(step, loss_value, model, optimizer)
                     if self.step_takes_bs:
                         optimizer.step(bs=predictions)
                     else:
@@ -334,12 +333,16 @@ class _Run:
             )
         return losses
 
-    def _clip(self, measure: bool) -> float:
+    def _clip(self, measure: bool) -> float | None:
+        """Clip as configured; return the norm before clipping when measured, else None."""
         c = self.config
         if not measure and c.clip_threshold is None:
-            return math.nan
+            return None
+        if not measure and c.clip == "value":
+            torch.nn.utils.clip_grad_value_(self.trainable, c.clip_threshold)
+            return None
         grads = [p.grad for p in self.trainable if p.grad is not None]
-        norm = torch.nn.utils.get_total_norm(grads)
+        norm = _total_norm(grads)
         if c.clip_threshold is not None:
             if c.clip == "norm":
                 torch.nn.utils.clip_grads_with_norm_(self.trainable, c.clip_threshold, norm)
@@ -463,6 +466,18 @@ def _restore_lr(
     # lr from the snapshot; this puts the schedule's back.
     for group, lr in zip(optimizer.param_groups, scheduler.get_last_lr()):
         group["lr"] = lr
+
+
+def _total_norm(grads: list[torch.Tensor]) -> torch.Tensor:
+    """The global 2-norm of ``grads`` (what clip_grad_norm_ measures)."""
+    if not grads:
+        return torch.zeros(())
+    first = grads[0]
+    if all(g.device == first.device and g.dtype == first.dtype for g in grads):
+        # One fused kernel for the per-tensor norms: get_total_norm's grouping costs more
+        # than the arithmetic on small models.
+        return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+    return torch.nn.utils.get_total_norm(grads)
 
 
 def _param_groups(model: nn.Module, config: TrainConfig) -> list:
