@@ -160,6 +160,7 @@ class _Run:
             c.optimizer, _param_groups(model, c), lr=c.lr, **c.hyperparameters
         )
         self.scheduler = build_scheduler(self.optimizer, c, self.total_steps)
+        self.schedule_moves = c.schedule != "constant"
         self.step_takes_bs = "bs" in inspect.signature(self.optimizer.step).parameters
         self.gnb = c.curvature_estimator == "gnb" or (
             c.curvature_estimator == "auto" and _is_cross_entropy(loss_fn)
@@ -261,8 +262,10 @@ class _Run:
                     if getattr(optimizer, "curvature_due", False):
                         self._refresh_curvature()
                 optimizer.zero_grad(set_to_none=True)
-                _restore_lr(optimizer, self.scheduler)
-                self.scheduler.step()
+                if self.guard.lr_scale != 1.0 or reason is not None:
+                    _restore_lr(optimizer, self.scheduler)
+                if self.schedule_moves:  # stepping a constant schedule costs ~1% of a small step
+                    self.scheduler.step()
                 self.step = step = step + 1
                 history.seconds = time.perf_counter() - session_start
 
@@ -316,7 +319,7 @@ class _Run:
             detached = loss.detach()
             total = detached if total is None else total + detached
             predictions += _predictions(y)
-            examples += len(y)
+            examples += y.shape[0]
         self.history.gradient_evaluations += accumulation
         return (total / accumulation if accumulation > 1 else total), predictions, examples
 
@@ -525,7 +528,7 @@ def _is_cross_entropy(loss_fn: Any) -> bool:
 def _predictions(targets: torch.Tensor) -> int:
     # Class indices or tokens: one prediction each. Real-valued targets: one per example.
     if targets.is_floating_point():
-        return len(targets)
+        return targets.shape[0]
     return targets.numel()
 
 
