@@ -10,7 +10,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from descent.train import TrainConfig, fit
-from descent.train.data import epoch_permutation
+from descent.train.data import epoch_permutation, to_batches
 from tests.train.problems import least_squares, linear_model
 
 CONFIG = TrainConfig(steps=1, progress="none")
@@ -130,3 +130,16 @@ def test_mini_batches_cover_each_epoch_once_with_a_short_last_batch():
     for epoch in (seen[:3], seen[3:]):
         assert sorted(v for batch in epoch for v in batch) == list(range(10))
     assert seen[:3] != seen[3:]
+
+
+def test_large_finite_values_whose_sum_overflows_are_accepted():
+    big = torch.full((64, 4), 3e38, dtype=torch.float32)  # the sum is inf, no entry is
+    batches = to_batches(
+        (big, torch.zeros(64)),
+        batch_size=None,
+        seed=0,
+        dtype=torch.float32,
+        device=torch.device("cpu"),
+        allow_integer_inputs=False,
+    )
+    assert torch.equal(batches.get(0)[0], big)
