@@ -137,6 +137,18 @@ class DivergenceGuard:
         self.consecutive_rollbacks = int(state["consecutive_rollbacks"])
 
 
-def _copy_state(state: dict[str, Any]) -> dict[str, Any]:
-    with torch.no_grad():
-        return copy.deepcopy(state)
+def _copy_state(state: Any) -> Any:
+    """A copy of a (nested) state dict whose tensors share nothing with the original.
+
+    A plain recursion: copy.deepcopy's memo bookkeeping costs more than the copying here.
+    """
+    if isinstance(state, torch.Tensor):
+        return state.detach().clone()
+    if isinstance(state, dict):
+        copied = type(state)((key, _copy_state(value)) for key, value in state.items())
+        if hasattr(state, "_metadata"):  # module versions, read by load_state_dict
+            copied._metadata = copy.deepcopy(state._metadata)
+        return copied
+    if isinstance(state, (list, tuple)):
+        return type(state)(_copy_state(value) for value in state)
+    return copy.copy(state)

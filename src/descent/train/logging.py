@@ -28,7 +28,8 @@ class History:
         rollbacks: one dict per divergence-guard rollback: ``step``, ``reason``,
             ``restored_step``, ``lr_scale``.
         gradient_evaluations: forward/backward passes, curvature passes included.
-        seconds: training time, curvature passes included, summed over resumed sessions.
+        seconds: wall time of the run (curvature passes, evaluations and checkpoints
+            included), summed over resumed sessions.
         stop_reason: ``"completed"``, ``"early_stopping"`` or ``"interrupted"``.
         best: the best evaluation by the config's monitor, or None.
         restarts: with ``restarts > 1``, one summary per start (``seed``, ``best``).
