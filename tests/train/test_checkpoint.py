@@ -255,6 +255,12 @@ def test_a_checkpoint_with_another_batch_size_is_refused(finished_run):
         scenario.train("adamw", None, resume=run_dir, batch_size=8)
 
 
+def test_a_checkpoint_with_other_parameter_groups_is_refused(finished_run):
+    run_dir, _ = finished_run  # AdamW with weight decay: matrices and vectors in two groups
+    with pytest.raises(CheckpointError, match=r"another optimizer layout .*decay_biases_and_norms"):
+        scenario.train("adamw", None, resume=run_dir, decay_biases_and_norms=True)
+
+
 def test_a_file_that_is_not_a_descent_checkpoint_is_refused(tmp_path):
     path = tmp_path / "weights.pt"
     torch.save({"weight": torch.ones(2)}, path)

@@ -29,6 +29,7 @@ from torch import nn
 
 from descent.optim import OPTIMIZERS, create_optimizer, gnb_loss, hutchinson, rgd_loss
 from descent.train.checkpoint import (
+    CheckpointError,
     check_matches,
     load_checkpoint,
     rng_states,
@@ -368,6 +369,7 @@ class _Run:
         else:
             with self.autocast():
                 losses = self.loss_fn(outputs, y)
+            # per-example losses (RGD): the curvature of their plain mean, not the re-weighting
             loss = losses.mean() if losses.dim() else losses
             optimizer.update_hessian(hutchinson(loss, self.trainable, generator=self.curvature_rng))
         optimizer.zero_grad(set_to_none=True)
@@ -428,7 +430,7 @@ class _Run:
         try:
             self.optimizer.load_state_dict(checkpoint["optimizer"])
         except ValueError as error:
-            raise ValueError(
+            raise CheckpointError(
                 f"checkpoint {checkpoint['path']} has another optimizer layout ({error}); "
                 "was decay_biases_and_norms or the set of trainable parameters changed?"
             ) from None
