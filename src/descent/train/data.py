@@ -35,10 +35,10 @@ def to_batches(
     """Check ``data`` and wrap it as a batch stream (``batch_size=None``: all data per batch).
 
     ``clamp_batch_size`` (for evaluation data) reads a batch_size above the data's size as
-    "all of it" instead of refusing it.
+    "all of it" instead of refusing it, and lets a DataLoader keep its own batches.
     """
     if isinstance(data, DataLoader):
-        if batch_size is not None:
+        if batch_size is not None and not clamp_batch_size:
             raise ValueError(
                 f"{name} is a DataLoader, which batches by itself: leave batch_size=None "
                 f"(got batch_size={batch_size}) or pass the Dataset instead"
