@@ -382,9 +382,8 @@ def test_validation_data_may_be_a_dataloader_or_a_dataset():
     x, y = classification()
     losses = []
     for val_data in ((x, y), DataLoader(TensorDataset(x, y), batch_size=10), _PairDataset(x, y)):
-        history = fit(
-            mlp(), (x, y), F.cross_entropy, TrainConfig(steps=3, progress="none"), val_data
-        )
+        config = TrainConfig(steps=3, batch_size=16, progress="none")
+        history = fit(mlp(), (x, y), F.cross_entropy, config, val_data)
         losses.append(history.evaluations[-1]["val_loss"])
     assert losses[1] == pytest.approx(losses[0], rel=1e-6)
     assert losses[2] == pytest.approx(losses[0], rel=1e-6)
