@@ -336,10 +336,10 @@ def test_metrics_are_computed_over_the_whole_validation_set():
     assert final["val_loss"] == pytest.approx(F.cross_entropy(outputs, y).item(), rel=1e-6)
 
 
-def test_restarts_keep_the_start_with_the_best_validation_loss():
+def test_restarts_keep_the_start_with_the_best_validation_loss(tmp_path):
     x, y = classification()
     model = mlp()
-    config = TrainConfig(lr=0.05, steps=10, restarts=3, progress="none")
+    config = TrainConfig(lr=0.05, steps=10, restarts=3, run_dir=str(tmp_path), progress="none")
     history = fit(model, (x, y), F.cross_entropy, config, val_data=(x, y))
     losses = [summary["val_loss"] for summary in history.restarts]
     assert [summary["seed"] for summary in history.restarts] == [0, 1, 2]
@@ -347,6 +347,8 @@ def test_restarts_keep_the_start_with_the_best_validation_loss():
     assert history.best["val_loss"] == min(losses)
     with torch.no_grad():
         assert F.cross_entropy(model(x), y).item() == pytest.approx(min(losses), rel=1e-6)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["restart_0", "restart_1", "restart_2"]
+    assert all((tmp_path / f"restart_{i}" / "metrics.jsonl").is_file() for i in range(3))
 
 
 def test_history_records_every_log_interval_with_timing():
