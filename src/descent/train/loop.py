@@ -41,6 +41,7 @@ from descent.train.data import LoaderBatches, to_batches
 from descent.train.guard import DivergenceGuard
 from descent.train.logging import History, RunLogger
 from descent.train.schedules import build_scheduler
+from descent.train.selection import EarlyStopping, initialise, reinitialise
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Metric = Callable[[torch.Tensor, torch.Tensor], Any]
@@ -170,7 +171,7 @@ class _Run:
         self.guard = DivergenceGuard(
             c.guard_loss_factor, c.guard_lr_cut, c.guard_max_rollbacks, c.guard_snapshot_every
         )
-        self.stopper = _EarlyStopping(c.monitor, c.monitor_mode, c.early_stopping_patience)
+        self.stopper = EarlyStopping(c.monitor, c.monitor_mode, c.early_stopping_patience)
         self.history = History()
         self.step, self.position = 0, 0
 
@@ -501,28 +502,6 @@ def _param_groups(model: nn.Module, config: TrainConfig) -> list:
     return groups
 
 
-def initialise(model: nn.Module, scheme: str, seed: int) -> None:
-    """Re-draw weights of dim >= 2 (Xavier-uniform or He-normal) and zero the biases.
-
-    ``"default"`` keeps the model's own initialisation. Norm weights are left alone.
-    """
-    if scheme == "default":
-        return
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in model.modules():
-            for name, p in module.named_parameters(recurse=False):
-                if p.dim() >= 2:
-                    values = torch.empty(p.shape, dtype=p.dtype)
-                    if scheme == "xavier":
-                        nn.init.xavier_uniform_(values, generator=generator)
-                    else:
-                        nn.init.kaiming_normal_(values, nonlinearity="relu", generator=generator)
-                    p.copy_(values)
-                elif name == "bias":
-                    p.zero_()
-
-
 def _is_cross_entropy(loss_fn: Any) -> bool:
     return isinstance(loss_fn, nn.CrossEntropyLoss) or loss_fn is F.cross_entropy
 
@@ -541,50 +520,6 @@ def _one_pass(batches: Any) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     else:
         for index in range(batches.batches_per_epoch):
             yield batches.get(index)
-
-
-class _EarlyStopping:
-    """Patience on one evaluation value; keeps a copy of the best weights."""
-
-    def __init__(self, monitor: str, mode: str, patience: int | None) -> None:
-        self.monitor, self.mode, self.patience = monitor, mode, patience
-        self.best_record: dict[str, Any] | None = None
-        self.best_state: dict[str, torch.Tensor] | None = None
-        self.bad_evaluations = 0
-
-    def update(self, record: dict[str, Any], model: nn.Module) -> bool:
-        """Take one evaluation; True when patience has run out."""
-        if self.monitor not in record:
-            raise ValueError(
-                f"monitor {self.monitor!r} is not among the evaluation values: "
-                f"{', '.join(k for k in record if k not in ('step', 'epoch'))}"
-            )
-        value = record[self.monitor]
-        best = None if self.best_record is None else self.best_record[self.monitor]
-        better = best is None or (value < best if self.mode == "min" else value > best)
-        if better and math.isfinite(value):
-            self.best_record, self.bad_evaluations = dict(record), 0
-            if self.patience is not None:
-                self.best_state = copy.deepcopy(model.state_dict())
-            return False
-        self.bad_evaluations += 1
-        return self.patience is not None and self.bad_evaluations >= self.patience
-
-    def restore_best(self, model: nn.Module) -> None:
-        if self.best_state is not None:
-            model.load_state_dict(self.best_state)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "best_record": self.best_record,
-            "best_state": self.best_state,
-            "bad_evaluations": self.bad_evaluations,
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.best_record = state["best_record"]
-        self.best_state = state["best_state"]
-        self.bad_evaluations = state["bad_evaluations"]
 
 
 @contextlib.contextmanager
@@ -640,14 +575,3 @@ def _fit_restarts(
     model.load_state_dict(best_state)
     best_history.restarts = summaries
     return best_history
-
-
-def reinitialise(model: nn.Module, scheme: str, seed: int) -> None:
-    """A fresh start: the model's own ``reset_parameters`` (seeded) or the chosen scheme."""
-    if scheme == "default":
-        torch.manual_seed(seed)
-        for module in model.modules():
-            if hasattr(module, "reset_parameters"):
-                module.reset_parameters()
-    else:
-        initialise(model, scheme, seed)
