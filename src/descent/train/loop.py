@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import functools
 import inspect
 import math
 import signal
@@ -164,6 +165,13 @@ class _Run:
         self.scheduler = build_scheduler(self.optimizer, c, self.total_steps)
         self.schedule_moves = c.schedule != "constant"
         self.step_takes_bs = "bs" in inspect.signature(self.optimizer.step).parameters
+        # Read once: an optimizer without the attribute never needs curvature.
+        self.asks_for_curvature = hasattr(self.optimizer, "curvature_due")
+        self.autocast = (
+            contextlib.nullcontext
+            if c.autocast is None
+            else functools.partial(torch.autocast, self.device.type, dtype=torch.bfloat16)
+        )
         self.gnb = c.curvature_estimator == "gnb" or (
             c.curvature_estimator == "auto" and _is_cross_entropy(loss_fn)
         )
@@ -174,11 +182,6 @@ class _Run:
         self.stopper = EarlyStopping(c.monitor, c.monitor_mode, c.early_stopping_patience)
         self.history = History()
         self.step, self.position = 0, 0
-
-    def autocast(self) -> contextlib.AbstractContextManager:
-        if self.config.autocast is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -261,7 +264,7 @@ class _Run:
                         optimizer.step()
                     if log_now and hasattr(optimizer, "win_rate"):
                         win_rate = optimizer.win_rate()  # before the refresh changes h
-                    if getattr(optimizer, "curvature_due", False):
+                    if self.asks_for_curvature and optimizer.curvature_due:
                         self._refresh_curvature()
                 optimizer.zero_grad(set_to_none=True)
                 if self.guard.lr_scale != 1.0 or reason is not None:
