@@ -159,7 +159,10 @@ class LoaderBatches:
 
     For an exact resume the RNG states at the start of each epoch are kept (the loader's
     shuffle draws from them when its iterator is made); resuming restores them, makes the
-    iterator again and skips to the position.
+    iterator again and skips to the position by reading the batches before it. A dataset
+    whose ``__getitem__`` draws from torch's global RNG in the main process (random
+    augmentation with ``num_workers=0``) therefore resumes with different draws; the
+    ``(X, y)`` and ``Dataset`` paths do not read skipped batches at all.
     """
 
     def __init__(self, loader: DataLoader, device: torch.device) -> None:

@@ -16,7 +16,10 @@ is never taken of non-finite weights, so the rollback still lands on a good stat
 Snapshots are taken every ``snapshot_every`` accepted steps (and at the first one), at a moment
 the current weights are known to be good: their loss and gradient have just passed the check.
 A snapshot copies the model and the optimizer state, so it is not taken at every step: at the
-default interval of 100 its cost is well under 1% of a step.
+default interval of 100 its cost is well under 1% of a step. Snapshots live in memory only;
+a resumed run takes its first one at its first step, so a rollback soon after a resume can
+land on a later state than the uninterrupted run's would (runs without rollbacks resume
+exactly).
 """
 
 from __future__ import annotations
