@@ -114,6 +114,48 @@ def minimize_command(
         console.print(f"trajectory plot: {saved}")
 
 
+@app.command("lr-find")
+def lr_find(
+    data: Annotated[Path, typer.Argument(help=".npz with arrays X and y, or a numeric .csv.")],
+    task: Annotated[str, typer.Option(help="regression or classification.")] = "regression",
+    model: Annotated[str, typer.Option(help="linear or mlp.")] = "linear",
+    hidden: Annotated[int, typer.Option(help="Hidden units of the mlp.")] = 64,
+    optimizer: Annotated[str, typer.Option("--optimizer", "-o")] = "sgd",
+    batch_size: Annotated[int | None, typer.Option(help="Mini-batch size.")] = 32,
+    start_lr: Annotated[float, typer.Option(help="First lr of the sweep.")] = 1e-6,
+    end_lr: Annotated[float, typer.Option(help="Last lr of the sweep.")] = 10.0,
+    steps: Annotated[int, typer.Option(help="Steps of the sweep.")] = 100,
+    out: Annotated[Path, typer.Option(help="Where to save the curve (PNG).")] = Path("lr_find.png"),
+    seed: Annotated[int, typer.Option()] = 0,
+    target: Annotated[str | None, typer.Option(help="CSV target column (default: last).")] = None,
+    config: Annotated[Path | None, typer.Option(help="A TrainConfig TOML file.")] = None,
+) -> None:
+    """Learning-rate range test (Smith 2017): sweep the lr up, print the curve, suggest one."""
+    from descent.train.commands import lr_find_command
+
+    try:
+        lr_find_command(
+            data, task, model, hidden, optimizer, batch_size, start_lr, end_lr, steps, out,
+            seed, target, config, console=console,
+        )  # fmt: skip
+    except (ValueError, TypeError) as error:
+        _fail(str(error))
+
+
+@app.command("plot")
+def plot_run(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory with metrics.jsonl.")],
+    out: Annotated[Path | None, typer.Option(help="Default: RUN_DIR/curves.png.")] = None,
+) -> None:
+    """Draw a run's loss, lr and metric curves to a PNG."""
+    from descent.train.commands import plot_command
+
+    try:
+        plot_command(run_dir, out, console=console)
+    except (ValueError, TypeError) as error:
+        _fail(str(error))
+
+
 @app.command("optimizers")
 def optimizers_command() -> None:
     """List the registered optimizers and their defaults."""

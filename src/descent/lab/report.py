@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from descent.figures import pyplot, save_figure
 from descent.train.minimize import Trajectory
 from descent.workloads.landscapes import Landscape
 
@@ -25,11 +25,9 @@ def plot_trajectories(
 
     The start is a circle, the end a cross, the known minima are stars.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.colors import LogNorm
+
+    plt = pyplot()
 
     (x_min, x_max), (y_min, y_max) = landscape.bounds
     for trajectory in trajectories.values():
@@ -67,21 +65,3 @@ def plot_trajectories(
     axes.set(xlim=(x_min, x_max), ylim=(y_min, y_max), xlabel="x", ylabel="y", title=landscape.name)
     axes.legend(loc="upper right")
     return save_figure(figure, path)
-
-
-def save_figure(figure, path: str | os.PathLike) -> Path:
-    """Save a matplotlib figure as PNG through a temporary file and a rename, then close it."""
-    import matplotlib.pyplot as plt
-
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=target.parent, suffix=".png.tmp")
-    os.close(handle)
-    try:
-        figure.savefig(temporary, dpi=110, bbox_inches="tight", format="png")
-        os.replace(temporary, target)
-    finally:
-        plt.close(figure)
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-    return target

@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from descent.figures import pyplot, save_figure
+
 METRICS_FILE = "metrics.jsonl"
 
 
@@ -241,10 +243,7 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
 
     ``out`` defaults to ``run_dir/curves.png``.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     grouped = read_metrics(run_dir)
     steps, evaluations = grouped["step"], grouped["eval"]
@@ -285,7 +284,4 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     axes[-1].set_xlabel("step")
     figure.tight_layout()
     out = Path(out) if out is not None else Path(run_dir) / "curves.png"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(out, dpi=100)
-    plt.close(figure)
-    return out
+    return save_figure(figure, out, dpi=100)

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from descent.figures import pyplot, save_figure
 from descent.train.config import TrainConfig
 from descent.train.loop import LossFn, _Run
 
@@ -152,30 +153,35 @@ def _suggest(lrs: np.ndarray, losses: np.ndarray) -> float:
     lowest = int(np.argmin(losses))
     if lowest - skip < 2:
         return float(lrs[lowest])
-    window = slice(skip, lowest + 1)
-    slopes = np.gradient(losses[window], np.log(lrs[window]))
-    return float(lrs[skip + int(np.argmin(slopes))])
+    # The slope is measured across a tenth of the sweep, not between neighbours: batch noise
+    # makes neighbour-to-neighbour slopes steepest wherever the loss happens to wiggle.
+    width = min(max(2, len(losses) // 10), lowest - skip)
+    starts = np.arange(skip, lowest - width + 1)
+    log_lrs = np.log(lrs)
+    slopes = (losses[starts + width] - losses[starts]) / (log_lrs[starts + width] - log_lrs[starts])
+    best = int(starts[np.argmin(slopes)])
+    return float(np.exp((log_lrs[best] + log_lrs[best + width]) / 2))
 
 
 def plot_lr_range(result: LRRangeResult, out: str | Path) -> Path:
     """Draw the smoothed loss against the lr (log scale), the suggestion marked, to a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     figure, axis = plt.subplots(figsize=(6, 4))
     axis.plot(result.lrs, result.raw_losses, alpha=0.3, label="batch loss")
     axis.plot(result.lrs, result.losses, label="smoothed loss")
     axis.axvline(result.suggested_lr, color="red", linestyle="--", label="suggested lr")
     axis.set_xscale("log")
+    # Past the edge the loss explodes; show the part of the curve that decides the lr.
+    finite = result.losses[np.isfinite(result.losses)]
+    if len(finite):
+        lowest = int(finite.argmin())
+        low, high = float(finite[lowest]), float(finite[: lowest + 1].max())
+        axis.set_ylim(low - 0.05 * (high - low), high + 0.1 * (high - low) + 1e-12)
     axis.set_xlabel("learning rate")
     axis.set_ylabel("loss")
     axis.set_title(f"lr range test: suggested lr {result.suggested_lr:.3g}")
     axis.legend()
     figure.tight_layout()
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(out, dpi=100)
-    plt.close(figure)
-    return out
+    return save_figure(figure, out, dpi=100)
