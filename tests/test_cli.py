@@ -92,3 +92,56 @@ def test_plot_of_a_missing_run_is_one_clear_line(tmp_path):
     result = runner.invoke(app, ["plot", str(tmp_path / "nothing")])
     assert result.exit_code == 2
     assert "Traceback" not in result.output and "error:" in result.output
+
+
+def write_classification_csv(path, rows=300, seed=0):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    features = rng.normal(size=(rows, 3)) * [1.0, 50.0, 0.01] + [0.0, 100.0, 5.0]
+    labels = (features[:, 0] + (features[:, 1] - 100.0) / 50.0 > 0).astype(int)
+    lines = ["x1,x2,x3,label"] + [
+        ",".join(f"{v:.6f}" for v in row) + f",{label}" for row, label in zip(features, labels)
+    ]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_train_on_a_users_csv_reaches_high_validation_accuracy(tmp_path):
+    write_classification_csv(tmp_path / "data.csv")
+    config = tmp_path / "train.toml"
+    config.write_text('optimizer = "adamw"\nlr = 0.05\nbatch_size = 32\nepochs = 10\n')
+    result = runner.invoke(
+        app, ["train", str(tmp_path / "data.csv"), "--config", str(config),
+              "--task", "classification", "--target", "label"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    accuracy = float(re.search(r"validation accuracy\s+│\s+(\S+)", result.output).group(1))
+    assert accuracy >= 0.9
+
+
+def test_train_resumes_a_run_directory(tmp_path):
+    write_classification_csv(tmp_path / "data.csv")
+    run = tmp_path / "run"
+    common = ["train", str(tmp_path / "data.csv"), "--task", "classification",
+              "-s", f"run_dir={run}", "-s", "checkpoint_every=5", "-s", "batch_size=30",
+              "-s", "progress=none"]  # fmt: skip
+    first = runner.invoke(app, [*common, "-s", "epochs=1"])
+    assert first.exit_code == 0, first.output
+    assert re.search(r"steps\s+│\s+8\b", first.output)
+    second = runner.invoke(app, [*common, "-s", "epochs=2", "--resume"])
+    assert second.exit_code == 0, second.output
+    assert re.search(r"steps\s+│\s+16\b", second.output)
+    assert (run / "metrics.jsonl").exists()
+
+
+def test_train_refuses_bad_settings_in_one_line(tmp_path):
+    write_classification_csv(tmp_path / "data.csv")
+    for arguments, message in [
+        (["-s", "lr=-1"], "Invalid lr: -1"),
+        (["-s", "colour=red"], "Unknown TrainConfig field(s): colour"),
+        (["--task", "ranking"], "Invalid task: 'ranking'"),
+        (["--resume"], "resume needs run_dir"),
+    ]:
+        result = runner.invoke(app, ["train", str(tmp_path / "data.csv"), *arguments])
+        assert result.exit_code == 2, (arguments, result.output)
+        assert message in result.output.replace("\n", " ")

@@ -114,6 +114,39 @@ def minimize_command(
         console.print(f"trajectory plot: {saved}")
 
 
+@app.command("train")
+def train(
+    data: Annotated[Path, typer.Argument(help=".npz with arrays X and y, or a numeric .csv.")],
+    config: Annotated[Path | None, typer.Option(help="A TrainConfig TOML file.")] = None,
+    task: Annotated[str, typer.Option(help="regression or classification.")] = "regression",
+    model: Annotated[str, typer.Option(help="linear or mlp.")] = "linear",
+    hidden: Annotated[int, typer.Option(help="Hidden units of the mlp.")] = 64,
+    val_fraction: Annotated[float, typer.Option(help="Rows held out for validation.")] = 0.2,
+    standardize: Annotated[bool, typer.Option(help="Standardise the features.")] = True,
+    target: Annotated[str | None, typer.Option(help="CSV target column (default: last).")] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", "-s", help="Override a config field, NAME=VALUE, repeatable."),
+    ] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the run in run_dir.")] = False,
+) -> None:
+    """Train a linear model or an MLP on your data with fit(); report validation metrics."""
+    from descent.train import DivergenceError, TrainingInterrupted
+    from descent.train.commands import train_command
+
+    try:
+        overrides = parse_params(set_ or [])
+        train_command(
+            data, config, task, model, hidden, val_fraction, standardize, target, overrides,
+            resume, console=console,
+        )  # fmt: skip
+    except (ValueError, TypeError, DivergenceError) as error:
+        _fail(str(error))
+    except TrainingInterrupted as interruption:
+        console.print(f"[bold yellow]{interruption}[/]")
+        raise typer.Exit(code=130) from None
+
+
 @app.command("lr-find")
 def lr_find(
     data: Annotated[Path, typer.Argument(help=".npz with arrays X and y, or a numeric .csv.")],

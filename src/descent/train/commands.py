@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -16,7 +17,8 @@ from rich.table import Table
 from torch import nn
 
 from descent.train.config import TrainConfig
-from descent.train.logging import plot_run
+from descent.train.logging import History, plot_run
+from descent.train.loop import fit
 from descent.train.lr_range import LRRangeResult, lr_range_test, plot_lr_range
 
 TASKS = ("regression", "classification")
@@ -125,6 +127,93 @@ def lr_find_command(
     console.print(f"suggested lr: [bold]{result.suggested_lr:.3g}[/bold]{note}")
     console.print(f"plot written to {path}")
     return result
+
+
+def train_command(
+    data: str | Path,
+    config: str | Path | None = None,
+    task: str = "regression",
+    model: str = "linear",
+    hidden: int = 64,
+    val_fraction: float = 0.2,
+    standardize: bool = True,
+    target: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    resume: bool = False,
+    console: Console | None = None,
+) -> History:
+    """Train a linear model or an MLP on a data file with :func:`fit`; print the result.
+
+    The rows are split once, by the config's seed, into training and validation parts
+    (``val_fraction``); features are standardised with the training part's mean and spread.
+    ``overrides`` replace config fields (``{"lr": 0.1, "epochs": 5}``); without a config
+    file the defaults are TrainConfig's with 20 epochs. ``resume=True`` continues the run
+    in the config's ``run_dir`` from its newest checkpoint.
+    """
+    console = console or Console()
+    if task not in TASKS:
+        raise ValueError(f"Invalid task: {task!r} (allowed: {', '.join(TASKS)})")
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"Invalid val_fraction: {val_fraction} (allowed: 0 <= val_fraction < 1)")
+    values = TrainConfig.from_toml(config).to_dict() if config is not None else {"epochs": 20}
+    values.update(overrides or {})
+    if "steps" in (overrides or {}) and "epochs" not in (overrides or {}):
+        values["epochs"] = None
+    train_config = TrainConfig.from_dict(values)
+    if resume and train_config.run_dir is None:
+        raise ValueError("resume needs run_dir in the config (or --set run_dir=...)")
+
+    features, targets = load_table(data, target)
+    features = features.astype(np.float32)
+    order = np.random.default_rng(train_config.seed).permutation(len(features))
+    n_val = round(val_fraction * len(features))
+    val_rows, train_rows = order[:n_val], order[n_val:]
+    if standardize:
+        mean = features[train_rows].mean(0)
+        spread = features[train_rows].std(0)
+        features = (features - mean) / np.where(spread > 0, spread, 1.0)
+    if task == "classification":
+        classes, labels = np.unique(targets, return_inverse=True)
+        y = torch.as_tensor(labels, dtype=torch.int64)
+        outputs, loss_fn = len(classes), nn.CrossEntropyLoss()
+        metrics = {"accuracy": lambda out, t: (out.argmax(1) == t).double().mean()}
+    else:
+        y = torch.as_tensor(targets, dtype=torch.float32).reshape(len(targets), -1)
+        outputs, loss_fn = y.shape[1], nn.MSELoss()
+        metrics = {"rmse": lambda out, t: ((out - t) ** 2).mean().sqrt()}
+    x = torch.as_tensor(features)
+    train_rows_t, val_rows_t = torch.as_tensor(train_rows), torch.as_tensor(val_rows)
+    val_data = (x[val_rows_t], y[val_rows_t]) if n_val else None
+
+    torch.manual_seed(train_config.seed)
+    network = build_model(features.shape[1], outputs, model, hidden)
+    history = fit(
+        network,
+        (x[train_rows_t], y[train_rows_t]),
+        loss_fn,
+        train_config,
+        val_data=val_data,
+        metrics=metrics if n_val else None,
+        resume=train_config.run_dir if resume else None,
+    )
+    table = Table(title=f"{train_config.optimizer} on {Path(data).name} ({task}, {model})")
+    table.add_column("")
+    table.add_column("value", justify="right")
+    last = history.records[-1] if history.records else {}
+    table.add_row("steps", str(last.get("step", 0)))
+    table.add_row("train loss (last logged)", f"{last.get('loss', float('nan')):.6g}")
+    if history.evaluations:
+        for name, value in history.evaluations[-1].items():
+            if name not in ("step", "epoch"):
+                table.add_row(f"validation {name}", f"{value:.6g}")
+    table.add_row("seconds", f"{history.seconds:.3g}")
+    table.add_row("rollbacks", str(len(history.rollbacks)))
+    console.print(table)
+    if train_config.run_dir is not None:
+        console.print(
+            f"run directory: {train_config.run_dir} (descent plot {train_config.run_dir})"
+        )
+    return history
 
 
 def plot_command(
