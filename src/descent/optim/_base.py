@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from descent.optim import _fused
 from descent.optim._validation import check_dense, check_params
 
 
@@ -24,6 +25,7 @@ class DescentOptimizer(torch.optim.Optimizer):
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         merged = {**self.defaults, **{k: v for k, v in param_group.items() if k != "params"}}
         self._check_hyperparameters(merged)
+        _check_path(merged)
         params = param_group["params"]
         tensors = [params] if isinstance(params, torch.Tensor) else list(params)
         for p in tensors:
@@ -40,11 +42,50 @@ class DescentOptimizer(torch.optim.Optimizer):
             check_dense(p, type(self).__name__)
         return params
 
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load state and hyperparameters; the code path (``foreach``, ``fused``) stays this
+        optimizer's, so a checkpoint saved on one path continues on another."""
+        paths = [{key: group.get(key) for key in _PATH_KEYS} for group in self.param_groups]
+        super().load_state_dict(state_dict)
+        for group, path in zip(self.param_groups, paths):
+            group.update(path)
+
+    def _use_fused(self, group: dict[str, Any], params: list[torch.Tensor]) -> bool:
+        fused = group.get("fused")
+        if fused is False or (fused is None and group.get("foreach") is not None):
+            return False
+        on_cpu = all(p.device.type == "cpu" for p in params)
+        if fused is None:
+            return on_cpu and _fused.available()
+        if not on_cpu:
+            raise RuntimeError(
+                f"{type(self).__name__}(fused=True) supports CPU tensors only; "
+                "use foreach=True on accelerators"
+            )
+        if not _fused.available():
+            raise RuntimeError(
+                f"{type(self).__name__}(fused=True): the fused kernels are unavailable "
+                f"({_fused.unavailable_reason()}); use fused=None or fused=False"
+            )
+        return True
+
     def _use_foreach(self, group: dict[str, Any], params: list[torch.Tensor]) -> bool:
         if group["foreach"] is not None:
             return bool(group["foreach"])
         # Same rule as torch.optim: the multi-tensor path where every tensor is on an accelerator.
         return bool(params) and all(p.device.type != "cpu" for p in params)
+
+
+_PATH_KEYS = ("foreach", "fused")
+
+
+def _check_path(group: dict[str, Any]) -> None:
+    for key in _PATH_KEYS:
+        value = group.get(key)
+        if value is not None and not isinstance(value, bool):
+            raise TypeError(f"Invalid {key}: {value!r} (allowed: True, False or None)")
+    if group.get("foreach") and group.get("fused"):
+        raise ValueError("foreach=True and fused=True exclude each other: choose one path")
 
 
 def group_by_device_and_dtype(
