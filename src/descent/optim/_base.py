@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from collections import defaultdict
 from typing import Any
 
@@ -54,7 +55,7 @@ class DescentOptimizer(torch.optim.Optimizer):
         fused = group.get("fused")
         if fused is False or (fused is None and group.get("foreach") is not None):
             return False
-        on_cpu = all(p.device.type == "cpu" for p in params)
+        on_cpu = all(map(_is_cpu, params))
         if fused is None:
             return on_cpu and _fused.available()
         if not on_cpu:
@@ -77,6 +78,7 @@ class DescentOptimizer(torch.optim.Optimizer):
 
 
 _PATH_KEYS = ("foreach", "fused")
+_is_cpu = operator.attrgetter("is_cpu")
 
 
 def _check_path(group: dict[str, Any]) -> None:

@@ -25,6 +25,8 @@ from __future__ import annotations
 import array
 import ctypes
 import hashlib
+import itertools
+import operator
 import os
 import platform
 import shutil
@@ -254,12 +256,29 @@ def unavailable_reason() -> str | None:
     return _failure
 
 
+_is_cpu = operator.attrgetter("is_cpu")
+_dtype = operator.attrgetter("dtype")
+_layout = operator.attrgetter("layout")
+
+
 def _split(tensor_lists: tuple[list[torch.Tensor], ...]) -> tuple[dict, list[int]]:
     """Indices the kernels take, by dtype, and the indices they leave to the fallback.
 
     A row qualifies when all its tensors are dense, contiguous CPU tensors of one float dtype.
+    The common case (every row qualifies, one dtype) is checked with ``map`` over whole lists:
+    per-row Python costs more than the kernel on thousands of small tensors.
     """
-    by_dtype: dict[torch.dtype, list[int]] = {}
+    every = list(itertools.chain.from_iterable(tensor_lists))
+    dtypes = set(map(_dtype, every))
+    if (
+        len(dtypes) == 1
+        and next(iter(dtypes)) in _DTYPES
+        and all(map(_is_cpu, every))
+        and all(layout == torch.strided for layout in set(map(_layout, every)))
+        and all(map(torch.Tensor.is_contiguous, every))
+    ):
+        return {next(iter(dtypes)): None}, []
+    by_dtype: dict[torch.dtype, list[int] | None] = {}
     rest: list[int] = []
     for index, row in enumerate(zip(*tensor_lists)):
         first = row[0]
@@ -279,16 +298,19 @@ def _split(tensor_lists: tuple[list[torch.Tensor], ...]) -> tuple[dict, list[int
     return by_dtype, rest
 
 
-def _call(name: str, dtype: torch.dtype, lists, indices: list[int], hp: list[float]) -> None:
+def _call(name: str, dtype: torch.dtype, lists, indices: list[int] | None, hp: list[float]):
+    """Run kernel ``name`` over rows ``indices`` of ``lists`` (``None``: every row)."""
     library = _load()
     if library is None:
         raise RuntimeError(f"fused kernels are unavailable: {_failure}")
-    pointers = array.array("Q", [lst[i].data_ptr() for lst in lists for i in indices])
-    sizes = array.array("q", [lists[0][i].numel() for i in indices])
+    if indices is not None:
+        lists = _rows(lists, indices)
+    pointers = array.array("Q", map(torch.Tensor.data_ptr, itertools.chain.from_iterable(lists)))
+    sizes = array.array("q", map(torch.Tensor.numel, lists[0]))
     hyper = array.array("d", hp)
     getattr(library, f"{name}_{_DTYPES[dtype]}")(
         pointers.buffer_info()[0],
-        len(indices),
+        len(sizes),
         sizes.buffer_info()[0],
         hyper.buffer_info()[0],
         torch.get_num_threads(),
@@ -335,8 +357,11 @@ def sophia(
     lists = (params, grads, exp_avgs, hessians)
     by_dtype, rest = _split(lists)
     hp = [1 - lr * weight_decay, -lr, beta1, 1 - beta1, rho_bs, eps]
-    taken = [i for indices in by_dtype.values() for i in indices]
-    _add_one([steps[i] for i in taken])
+    if rest:
+        taken = [i for indices in by_dtype.values() for i in indices]
+        _add_one([steps[i] for i in taken])
+    else:
+        _add_one(steps)
     for dtype, indices in by_dtype.items():
         _call("sophia", dtype, lists, indices, hp)
     return (*_rows(lists, rest), [steps[i] for i in rest])
@@ -355,11 +380,14 @@ def hessian(
 
 
 def _add_one(steps: list[torch.Tensor]) -> None:
-    native = [s for s in steps if s.dtype == torch.float32 and s.device.type == "cpu"]
-    other = [s for s in steps if not (s.dtype == torch.float32 and s.device.type == "cpu")]
+    if set(map(_dtype, steps)) == {torch.float32} and all(map(_is_cpu, steps)):
+        native, other = steps, []
+    else:
+        native = [s for s in steps if s.dtype == torch.float32 and s.is_cpu]
+        other = [s for s in steps if not (s.dtype == torch.float32 and s.is_cpu)]
     if native:
         library = _load()
-        pointers = array.array("Q", [s.data_ptr() for s in native])
+        pointers = array.array("Q", map(torch.Tensor.data_ptr, native))
         library.add_one_float32(pointers.buffer_info()[0], len(native))
     if other:
         torch._foreach_add_(other, 1)
