@@ -102,10 +102,24 @@ def kernel_calls(monkeypatch):
     return calls
 
 
+@pytest.fixture
+def planned(monkeypatch):
+    """Records each cached-plan attempt's outcome (True: the step ran from the plan)."""
+    outcomes = []
+    original = _fused.planned_step
+
+    def recording(*args, **kwargs):
+        outcomes.append(original(*args, **kwargs))
+        return outcomes[-1]
+
+    monkeypatch.setattr(_fused, "planned_step", recording)
+    return outcomes
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("cls", [Lion, Sophia], ids=lambda c: c.__name__)
 @pytest.mark.parametrize("path", ["fused", "default"])
-def test_fused_equals_single_tensor_bitwise(cls, dtype, path, kernel_calls):
+def test_fused_equals_single_tensor_bitwise(cls, dtype, path, kernel_calls, planned):
     reference_params = _params(dtype)
     reference = _build(cls, reference_params, PATHS["single"])
     _run(cls, reference, reference_params, steps=10)
@@ -117,6 +131,7 @@ def test_fused_equals_single_tensor_bitwise(cls, dtype, path, kernel_calls):
 
     expected_kernels = {"lion"} if cls is Lion else {"sophia", "hessian"}
     assert set(kernel_calls) == expected_kernels  # the fused kernels did the work
+    assert True in planned and False in planned  # group 1 ran from its plan, group 2 cannot
     _assert_identical(_snapshot(reference, reference_params), _snapshot(optimizer, params))
     assert len(optimizer.state[params[-1]]) == 0  # no grad: skipped, no state
     assert torch.equal(params[-1], _params(dtype)[-1])
@@ -178,6 +193,34 @@ def test_rows_the_kernel_cannot_take_fall_back(cls, kernel_calls):
         results.append(_snapshot(optimizer, params))
     _assert_identical(*results)
     assert kernel_calls  # the contiguous float32/float64 rows were fused
+
+
+@pytest.mark.parametrize("cls", [Lion, Sophia], ids=lambda c: c.__name__)
+def test_plan_follows_changes(cls, planned):
+    """The cached plan never runs stale: a parameter whose storage moved, a non-contiguous
+    gradient, a missing gradient and a reloaded state each take the general path for that
+    step, and every step still equals the single-tensor path."""
+    kwargs = {"bs": 4} if cls is Sophia else {}
+    runs = []
+    for path in ("single", "fused"):
+        params = _params(torch.float32)[:3]
+        optimizer = cls(params, lr=1e-2, weight_decay=0.1, **kwargs, **PATHS[path])
+        generator = torch.Generator().manual_seed(5)
+        for step in range(9):
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=generator)
+            if step == 3:
+                params[0].data = params[0].data.clone()  # new storage under the same Parameter
+            if step == 4:
+                params[2].grad = params[2].grad.t().contiguous().t()  # same values, transposed
+            if step == 5:
+                params[1].grad = None
+            if step == 6:
+                optimizer.load_state_dict(optimizer.state_dict())
+            optimizer.step()
+        runs.append(_snapshot(optimizer, params))
+    _assert_identical(*runs)
+    assert planned.count(True) >= 4 and planned.count(False) >= 4
 
 
 def test_build_happens_once_per_process(monkeypatch):

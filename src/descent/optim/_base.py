@@ -48,6 +48,7 @@ class DescentOptimizer(torch.optim.Optimizer):
         optimizer's, so a checkpoint saved on one path continues on another."""
         paths = [{key: group.get(key) for key in _PATH_KEYS} for group in self.param_groups]
         super().load_state_dict(state_dict)
+        _fused.forget(self)
         for group, path in zip(self.param_groups, paths):
             group.update(path)
 

@@ -35,7 +35,9 @@ import sys
 import tempfile
 import threading
 import time
+import weakref
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -334,7 +336,7 @@ def lion(
     """Fused Lion step over the rows it can take; returns the rows it left (p, g, m lists)."""
     lists = (params, grads, exp_avgs)
     by_dtype, rest = _split(lists)
-    hp = [1 - lr * weight_decay, -lr, beta1, 1 - beta1, beta2, 1 - beta2]
+    hp = _lion_scalars(lr, beta1, beta2, weight_decay)
     for dtype, indices in by_dtype.items():
         _call("lion", dtype, lists, indices, hp)
     return _rows(lists, rest)
@@ -356,7 +358,7 @@ def sophia(
     """Fused Sophia step (step counts too); returns the rows it left (p, g, m, h, step)."""
     lists = (params, grads, exp_avgs, hessians)
     by_dtype, rest = _split(lists)
-    hp = [1 - lr * weight_decay, -lr, beta1, 1 - beta1, rho_bs, eps]
+    hp = _sophia_scalars(lr, beta1, rho_bs, weight_decay, eps)
     if rest:
         taken = [i for indices in by_dtype.values() for i in indices]
         _add_one([steps[i] for i in taken])
@@ -391,3 +393,108 @@ def _add_one(steps: list[torch.Tensor]) -> None:
         library.add_one_float32(pointers.buffer_info()[0], len(native))
     if other:
         torch._foreach_add_(other, 1)
+
+
+def _lion_scalars(lr: float, beta1: float, beta2: float, weight_decay: float) -> list[float]:
+    return [1 - lr * weight_decay, -lr, beta1, 1 - beta1, beta2, 1 - beta2]
+
+
+def _sophia_scalars(
+    lr: float, beta1: float, rho_bs: float, weight_decay: float, eps: float
+) -> list[float]:
+    return [1 - lr * weight_decay, -lr, beta1, 1 - beta1, rho_bs, eps]
+
+
+# -- the steady state: a cached plan per param group -------------------------------------------
+#
+# On thousands of small tensors even list-wide checks cost a large part of the kernel's time.
+# After the first step, a group whose every parameter has a gradient and whose every row the
+# kernel takes keeps its parameter and state pointers in a plan; a step then only reads the
+# gradients, checks they are contiguous, and checks that no parameter's storage moved. The
+# plan holds references to the state tensors (so its pointers never dangle) and is dropped
+# when the optimizer's state dict is replaced (load_state_dict) or the group's parameters
+# change.
+
+_STATE_KEYS = {"lion": ("exp_avg",), "sophia": ("exp_avg", "hessian")}
+_grad = operator.attrgetter("grad")
+_data_ptr = torch.Tensor.data_ptr
+
+
+class _Plan:
+    __slots__ = ("dtype", "ids", "keep", "param_ptrs", "sizes", "state", "state_ptrs", "steps")
+
+    def __init__(self, optimizer: Any, params: list[torch.Tensor], kind: str) -> None:
+        self.ids = list(map(id, params))
+        self.state = optimizer.state
+        self.dtype = None  # None: the kernel cannot take every row; use the general path
+        states = [optimizer.state.get(p) for p in params]
+        if not all(states):
+            return
+        tensors = [[state[key] for state in states] for key in _STATE_KEYS[kind]]
+        by_dtype, rest = _split((params, *tensors))
+        if rest or len(by_dtype) != 1:
+            return
+        steps = [state["step"] for state in states] if kind == "sophia" else []
+        if steps and not (set(map(_dtype, steps)) == {torch.float32} and all(map(_is_cpu, steps))):
+            return
+        self.dtype = next(iter(by_dtype))
+        self.keep = (tensors, steps)
+        self.param_ptrs = array.array("Q", map(_data_ptr, params))
+        self.state_ptrs = array.array("Q", map(_data_ptr, itertools.chain.from_iterable(tensors)))
+        self.steps = array.array("Q", map(_data_ptr, steps))
+        self.sizes = array.array("q", map(torch.Tensor.numel, params))
+
+
+_plans: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def forget(optimizer: Any) -> None:
+    """Drop the optimizer's plans (its state tensors were replaced)."""
+    _plans.pop(optimizer, None)
+
+
+def planned_step(optimizer: Any, index: int, kind: str, hp: list[float]) -> bool:
+    """Run group ``index``'s step (``kind``: "lion" or "sophia") from its plan.
+
+    Returns False, having done nothing, where the plan does not apply: the first step (no
+    state yet), a parameter without gradient, a non-contiguous gradient, a moved parameter, a
+    row the kernel cannot take. The caller then takes the general path.
+    """
+    params = optimizer.param_groups[index]["params"]
+    grads = list(map(_grad, params))
+    if not all(map(operator.is_not, grads, itertools.repeat(None))):
+        return False
+    plans = _plans.setdefault(optimizer, {})
+    plan = plans.get(index)
+    if plan is None or plan.state is not optimizer.state or plan.ids != list(map(id, params)):
+        plan = plans[index] = _Plan(optimizer, params, kind)
+    if plan.dtype is None:
+        if not optimizer.state.get(params[0]):
+            del plans[index]  # first step: build the plan once the state exists
+        return False
+    # torch keeps a gradient's device and shape equal to its parameter's; its layout, strides
+    # and (with ``grad_dtype``) dtype are free.
+    if (
+        set(map(_layout, grads)) != {torch.strided}
+        or set(map(_dtype, grads)) != {plan.dtype}
+        or not all(map(torch.Tensor.is_contiguous, grads))
+    ):
+        return False
+    if array.array("Q", map(_data_ptr, params)) != plan.param_ptrs:
+        del plans[index]
+        return False
+    library = _load()
+    pointers = array.array("Q", plan.param_ptrs)
+    pointers.extend(map(_data_ptr, grads))
+    pointers.extend(plan.state_ptrs)
+    hyper = array.array("d", hp)
+    if kind == "sophia":
+        library.add_one_float32(plan.steps.buffer_info()[0], len(plan.steps))
+    getattr(library, f"{kind}_{_DTYPES[plan.dtype]}")(
+        pointers.buffer_info()[0],
+        len(plan.sizes),
+        plan.sizes.buffer_info()[0],
+        hyper.buffer_info()[0],
+        torch.get_num_threads(),
+    )
+    return True

@@ -69,7 +69,15 @@ class Lion(DescentOptimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        for group in self.param_groups:
+        for index, group in enumerate(self.param_groups):
+            beta1, beta2 = group["betas"]
+            hyperparameters = dict(
+                lr=group["lr"], beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"]
+            )
+            if self._use_fused(group, group["params"]) and _fused.planned_step(
+                self, index, "lion", _fused._lion_scalars(**hyperparameters)
+            ):
+                continue
             params = self._params_with_grad(group)
             if not params:
                 continue
@@ -80,10 +88,6 @@ class Lion(DescentOptimizer):
                     state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 grads.append(p.grad)
                 exp_avgs.append(state["exp_avg"])
-            beta1, beta2 = group["betas"]
-            hyperparameters = dict(
-                lr=group["lr"], beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"]
-            )
             if self._use_fused(group, params):
                 params, grads, exp_avgs = _fused.lion(params, grads, exp_avgs, **hyperparameters)
                 update = _foreach_lion

@@ -197,9 +197,24 @@ class Sophia(DescentOptimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        for group in self.param_groups:
+        for index, group in enumerate(self.param_groups):
             if bs is not None:
                 group["bs"] = bs
+            hyperparameters = dict(
+                lr=group["lr"],
+                beta1=group["betas"][0],
+                rho_bs=group["rho"] * (group["bs"] or 0),
+                weight_decay=group["weight_decay"],
+                eps=group["eps"],
+            )
+            if (
+                group["bs"] is not None
+                and self._use_fused(group, group["params"])
+                and _fused.planned_step(
+                    self, index, "sophia", _fused._sophia_scalars(**hyperparameters)
+                )
+            ):
+                continue
             params = self._params_with_grad(group)
             if not params:
                 continue
@@ -215,13 +230,6 @@ class Sophia(DescentOptimizer):
                 exp_avgs.append(state["exp_avg"])
                 hessians.append(state["hessian"])
                 steps.append(state["step"])
-            hyperparameters = dict(
-                lr=group["lr"],
-                beta1=group["betas"][0],
-                rho_bs=group["rho"] * group["bs"],
-                weight_decay=group["weight_decay"],
-                eps=group["eps"],
-            )
             rows = (params, grads, exp_avgs, hessians, steps)
             if self._use_fused(group, params):
                 rows = _fused.sophia(*rows, **hyperparameters)
