@@ -276,7 +276,7 @@ def run_layout(layout: str, contenders: list[Contender], rounds: int, cap: float
         result.append(row)
     bandwidth = 12 * numel / statistics.median(triad_times) / 1e9
     print(f"  triad bandwidth {bandwidth:.1f} GB/s", flush=True)
-    del live, params, a, c
+    del live, params
     gc.collect()
     return result
 
@@ -294,7 +294,7 @@ def table(layout: str, rows: list[dict]) -> str:
         if "seconds" not in row:
             lines.append(f"| {row['name']} | {row.get('note', 'n/a')} | | | | |")
             continue
-        ratio = f"{row['ratio']:.2f}" if "ratio" in row else "1 B/s ref"
+        ratio = f"{row['ratio']:.2f}" if "ratio" in row else ""
         if row["floor_bytes"] == 0:
             ratio = "(floor)"
         compile_s = f"{row['compile']:.1f}" if row.get("compile") is not None else ""
@@ -328,9 +328,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--write", type=Path, help="update this markdown file's section")
     args = parser.parse_args(argv)
     wanted = [w.strip().lower() for w in args.only.split(",") if w.strip()]
-    contenders = [
-        c for c in CONTENDERS if not wanted or any(w in c.name.lower() for w in wanted)
-    ]
+    contenders = [c for c in CONTENDERS if not wanted or any(w in c.name.lower() for w in wanted)]
     command = "python " + " ".join(["benchmarks/step_time.py", *(argv or sys.argv[1:])])
     sections = []
     for layout in args.layouts.split(","):
@@ -341,9 +339,7 @@ def main(argv: list[str] | None = None) -> None:
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
         f"{os.cpu_count()} CPUs, {args.rounds} rounds, median over rounds"
     )
-    body = "\n\n".join(
-        [HEADING, f"Command: `{command}`", f"Machine: {machine}.", *sections]
-    )
+    body = "\n\n".join([HEADING, f"Command: `{command}`", f"Machine: {machine}.", *sections])
     if args.write:
         write_results(args.write, body)
         print(f"\nwrote {args.write}")
