@@ -3,8 +3,9 @@
 The floor of a method is its minimal traffic (bytes per parameter per step: Lion and SGD
 momentum 20, Sophia 24, AdamW 28, Sophia's curvature update 12) divided by the bandwidth of an
 in-place triad ``a += s*c`` over the same number of float32 elements. The triad runs in every
-round together with the optimizers (round-robin), so the machine's drift hits both; the
-metric is the median step time over the floor.
+round together with the optimizers (round-robin, in a shuffled order each round), so the
+machine's drift hits both; the metric is the median over rounds of step time / that round's
+floor.
 
 Columns: median seconds per step, x floor, compile seconds (cold), seconds to the first step
 (construction, compile and one step; includes allocating the state), optimizer
@@ -26,6 +27,7 @@ import argparse
 import gc
 import multiprocessing
 import os
+import random
 import resource
 import statistics
 import sys
@@ -251,8 +253,14 @@ def run_layout(layout: str, contenders: list[Contender], rounds: int, cap: float
         print(f"  ready {contender.name} (first step {first:.2f} s)", flush=True)
     triad()
     rows["triad"] = {"name": "triad a += s*c (floor)", "times": [], "faults": [], "floor_bytes": 0}
+    # A fresh order every round: a step right after one that freed gigabytes of temporaries
+    # runs while the kernel reclaims them, and a fixed order would put the same step (the
+    # triad, first) there every round.
+    order = random.Random(0)
     for round_index in range(rounds):
-        for contender, step in [(None, triad), *live]:
+        schedule = [(None, triad), *live]
+        order.shuffle(schedule)
+        for contender, step in schedule:
             name = "triad" if contender is None else contender.name
             gc.collect()
             faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt

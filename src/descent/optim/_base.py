@@ -56,15 +56,10 @@ class DescentOptimizer(torch.optim.Optimizer):
         fused = group.get("fused")
         if fused is False or (fused is None and group.get("foreach") is not None):
             return False
-        on_cpu = all(map(_is_cpu, params))
         if fused is None:
-            return on_cpu and _fused.available()
-        if not on_cpu:
-            raise RuntimeError(
-                f"{type(self).__name__}(fused=True) supports CPU tensors only; "
-                "use foreach=True on accelerators"
-            )
-        if not _fused.available():
+            # Accelerators: the compiled path is opt-in (fused=True) until it is measured there.
+            return all(map(_is_cpu, params)) and _fused.available()
+        if any(map(_is_cpu, params)) and not _fused.available():
             raise RuntimeError(
                 f"{type(self).__name__}(fused=True): the fused kernels are unavailable "
                 f"({_fused.unavailable_reason()}); use fused=None or fused=False"

@@ -339,6 +339,7 @@ def lion(
     hp = _lion_scalars(lr, beta1, beta2, weight_decay)
     for dtype, indices in by_dtype.items():
         _call("lion", dtype, lists, indices, hp)
+    rest = _accelerated("lion", lists, rest, hp)
     return _rows(lists, rest)
 
 
@@ -366,7 +367,10 @@ def sophia(
         _add_one(steps)
     for dtype, indices in by_dtype.items():
         _call("sophia", dtype, lists, indices, hp)
-    return (*_rows(lists, rest), [steps[i] for i in rest])
+    left = _accelerated("sophia", lists, rest, hp)
+    if len(left) < len(rest):
+        torch._foreach_add_([steps[i] for i in rest if i not in set(left)], 1)
+    return (*_rows(lists, left), [steps[i] for i in left])
 
 
 def hessian(
@@ -378,6 +382,7 @@ def hessian(
     hp = [beta2, 1 - beta2, 1.0 if square else 0.0]
     for dtype, indices in by_dtype.items():
         _call("hessian", dtype, lists, indices, hp)
+    rest = _accelerated("hessian", lists, rest, hp[:2], square=square)
     return _rows(lists, rest)
 
 
@@ -393,6 +398,17 @@ def _add_one(steps: list[torch.Tensor]) -> None:
         library.add_one_float32(pointers.buffer_info()[0], len(native))
     if other:
         torch._foreach_add_(other, 1)
+
+
+def _accelerated(kind: str, lists, rest: list[int], hp: list[float], **options) -> list[int]:
+    """Run the rows on accelerators through the compiled graphs; return the rows left."""
+    if not rest:
+        return rest
+    first = lists[0]
+    moved = [i for i in rest if not first[i].is_cpu and first[i].is_floating_point()]
+    if moved:
+        compiled_step(kind, *_rows(lists, moved), hp=hp, **options)
+    return [i for i in rest if first[i].is_cpu or not first[i].is_floating_point()]
 
 
 def _lion_scalars(lr: float, beta1: float, beta2: float, weight_decay: float) -> list[float]:
@@ -498,3 +514,54 @@ def planned_step(optimizer: Any, index: int, kind: str, hp: list[float]) -> bool
         torch.get_num_threads(),
     )
     return True
+
+
+# -- accelerators: the same update, compiled by torch.compile (Triton on CUDA) -----------------
+#
+# Not measured here (no GPU on the machine this was written on): used only with fused=True.
+# One graph per kind, (device, dtype) bucket and set of shapes, traced once per process;
+# hyperparameters travel in a tensor, so a changing lr never recompiles. The same graphs run
+# on CPU in the tests (inductor's C++ backend), which pins their arithmetic.
+
+
+def _lion_graph(params, grads, exp_avgs, scalars):
+    decay, neg_lr, beta1, one_minus_beta1, beta2, one_minus_beta2 = scalars.unbind()
+    for p, g, m in zip(params, grads, exp_avgs):
+        c = m * beta1 + g * one_minus_beta1
+        p.mul_(decay).add_(torch.sign(c) * neg_lr)
+        m.mul_(beta2).add_(g * one_minus_beta2)
+
+
+def _sophia_graph(params, grads, exp_avgs, hessians, scalars):
+    decay, neg_lr, beta1, one_minus_beta1, rho_bs, eps = scalars.unbind()
+    for p, g, m, h in zip(params, grads, exp_avgs, hessians):
+        m.mul_(beta1).add_(g * one_minus_beta1)
+        ratio = (m.abs() / (h.clamp(min=0) * rho_bs + eps)).clamp(max=1)
+        p.mul_(decay).add_(torch.sign(m) * neg_lr * ratio)
+
+
+def _hessian_graph(hessians, estimates, scalars, square: bool):
+    beta2, one_minus_beta2 = scalars.unbind()
+    for h, e in zip(hessians, estimates):
+        h.mul_(beta2).add_((one_minus_beta2 * e) * e if square else e * one_minus_beta2)
+
+
+_GRAPHS = {"lion": _lion_graph, "sophia": _sophia_graph, "hessian": _hessian_graph}
+_compiled: dict[str, Any] = {}
+
+
+def compiled(kind: str, *lists: list[torch.Tensor], hp: list[float], **options: Any) -> None:
+    """Run update ``kind`` through torch.compile over ``lists`` (one device and dtype)."""
+    if kind not in _compiled:
+        _compiled[kind] = torch.compile(_GRAPHS[kind], fullgraph=True, dynamic=False)
+    first = lists[0][0]
+    scalars = torch.tensor(hp, dtype=first.dtype).to(first.device, non_blocking=True)
+    _compiled[kind](*lists, scalars, **options)
+
+
+def compiled_step(kind: str, *lists: list[torch.Tensor], hp: list[float], **options) -> None:
+    """Bucket ``lists`` by device and dtype and run :func:`compiled` on each bucket."""
+    from descent.optim._base import group_by_device_and_dtype
+
+    for bucket in group_by_device_and_dtype(*lists):
+        compiled(kind, *bucket, hp=hp, **options)
