@@ -4,8 +4,8 @@ The floor of a method is its minimal traffic (bytes per parameter per step: Lion
 momentum 20, Sophia 24, AdamW 28, Sophia's curvature update 12) divided by the bandwidth of an
 in-place triad ``a += s*c`` over the same number of float32 elements. The triad runs in every
 round together with the optimizers (round-robin, in a shuffled order each round), so the
-machine's drift hits both; the metric is the median over rounds of step time / that round's
-floor.
+machine's drift hits both; the metric is the median step time over the floor computed from
+the median triad of those rounds.
 
 Columns: median seconds per step, x floor, compile seconds (cold), seconds to the first step
 (construction, compile and one step; includes allocating the state), optimizer
@@ -271,21 +271,19 @@ def run_layout(layout: str, contenders: list[Contender], rounds: int, cap: float
             rows[name]["times"].append(elapsed)
             rows[name]["faults"].append(faults)
         print(f"  round {round_index + 1}/{rounds} done", flush=True)
-    # Per-round floor, so each ratio compares a step with the triad of its own round.
-    triad_times = rows["triad"]["times"]
+    # The floor is the median of the triads timed in the same rounds; x floor = median step
+    # time / floor. (A ratio per round and its median reads one triad per ratio, which is
+    # noisier: on this machine the two differed by up to 0.3.)
+    triad_seconds = statistics.median(rows["triad"]["times"])
     result = []
     for row in rows.values():
         if row["times"]:
             row["seconds"] = statistics.median(row["times"])
             if row["floor_bytes"]:
-                ratios = [
-                    t / (triad * row["floor_bytes"] / 12)
-                    for t, triad in zip(row["times"], triad_times)
-                ]
-                row["ratio"] = statistics.median(ratios)
+                row["ratio"] = row["seconds"] / (triad_seconds * row["floor_bytes"] / 12)
             row["fresh_mib"] = statistics.median(row["faults"]) * PAGE / 2**20
         result.append(row)
-    bandwidth = 12 * numel / statistics.median(triad_times) / 1e9
+    bandwidth = 12 * numel / triad_seconds / 1e9
     print(f"  triad bandwidth {bandwidth:.1f} GB/s", flush=True)
     del live, params
     gc.collect()

@@ -306,7 +306,7 @@ def test_compiled_graphs_match_single_tensor():
             eager["p"], grads, eager["m"], lr=lr, beta1=0.9, beta2=0.99, weight_decay=0.1
         )
         _fused.compiled_step(
-            "lion", graph["p"], grads, graph["m"], hp=_fused._lion_scalars(lr, 0.9, 0.99, 0.1)
+            "lion", graph["p"], grads, graph["m"], hp=_fused.lion_scalars(lr, 0.9, 0.99, 0.1)
         )
     for expected, actual in zip(eager["p"] + eager["m"], graph["p"] + graph["m"]):
         torch.testing.assert_close(actual, expected)
@@ -319,7 +319,7 @@ def test_compiled_graphs_match_single_tensor():
         steps = [torch.tensor(0.0) for _ in shapes]
         _single_tensor_sophia(eager["p"], grads, eager["m"], eager["h"], steps, **hp)
         _fused.compiled_step(
-            "sophia", graph["p"], grads, graph["m"], graph["h"], hp=_fused._sophia_scalars(**hp)
+            "sophia", graph["p"], grads, graph["m"], graph["h"], hp=_fused.sophia_scalars(**hp)
         )
         estimates = [torch.randn(s, generator=generator) for s in shapes]
         for h, e in zip(eager["h"], estimates):

@@ -15,9 +15,12 @@ check per call. The C kernel takes any number of tensors for one call, needs abo
 build, and hyperparameters are plain arguments, so a changing learning rate never recompiles.
 
 The arithmetic is the single-tensor path's, operation for operation, with ``fma`` exactly
-where ATen's CPU kernels fuse (``add(alpha=)`` and ``addcmul``: measured, not assumed); the
-results are bitwise equal to the single-tensor path where ATen's CPU kernels fuse those two
-operations, which the tests check.
+where ATen's CPU kernels fuse (``add(alpha=)`` and ``addcmul``: measured, not assumed), so the
+results are bitwise equal to the single-tensor path; the tests check it.
+
+Rows the kernel cannot take (non-contiguous, half precision) are handed back to the caller,
+which runs them on the foreach path. On accelerators, ``fused=True`` runs the same updates
+through torch.compile (see the end of this module).
 """
 
 from __future__ import annotations
@@ -336,7 +339,7 @@ def lion(
     """Fused Lion step over the rows it can take; returns the rows it left (p, g, m lists)."""
     lists = (params, grads, exp_avgs)
     by_dtype, rest = _split(lists)
-    hp = _lion_scalars(lr, beta1, beta2, weight_decay)
+    hp = lion_scalars(lr, beta1, beta2, weight_decay)
     for dtype, indices in by_dtype.items():
         _call("lion", dtype, lists, indices, hp)
     rest = _accelerated("lion", lists, rest, hp)
@@ -359,7 +362,7 @@ def sophia(
     """Fused Sophia step (step counts too); returns the rows it left (p, g, m, h, step)."""
     lists = (params, grads, exp_avgs, hessians)
     by_dtype, rest = _split(lists)
-    hp = _sophia_scalars(lr, beta1, rho_bs, weight_decay, eps)
+    hp = sophia_scalars(lr, beta1, rho_bs, weight_decay, eps)
     if rest:
         taken = [i for indices in by_dtype.values() for i in indices]
         _add_one([steps[i] for i in taken])
@@ -369,7 +372,8 @@ def sophia(
         _call("sophia", dtype, lists, indices, hp)
     left = _accelerated("sophia", lists, rest, hp)
     if len(left) < len(rest):
-        torch._foreach_add_([steps[i] for i in rest if i not in set(left)], 1)
+        kept = set(left)
+        torch._foreach_add_([steps[i] for i in rest if i not in kept], 1)
     return (*_rows(lists, left), [steps[i] for i in left])
 
 
@@ -401,21 +405,24 @@ def _add_one(steps: list[torch.Tensor]) -> None:
 
 
 def _accelerated(kind: str, lists, rest: list[int], hp: list[float], **options) -> list[int]:
-    """Run the rows on accelerators through the compiled graphs; return the rows left."""
+    """Run the float32/float64 rows on accelerators through the compiled graphs; return the
+    rows left. (Half precision stays on foreach, whose kernels compute in float32.)"""
     if not rest:
         return rest
     first = lists[0]
-    moved = [i for i in rest if not first[i].is_cpu and first[i].is_floating_point()]
+    moved = [i for i in rest if not first[i].is_cpu and first[i].dtype in _DTYPES]
     if moved:
         compiled_step(kind, *_rows(lists, moved), hp=hp, **options)
-    return [i for i in rest if first[i].is_cpu or not first[i].is_floating_point()]
+        taken = set(moved)
+        return [i for i in rest if i not in taken]
+    return rest
 
 
-def _lion_scalars(lr: float, beta1: float, beta2: float, weight_decay: float) -> list[float]:
+def lion_scalars(lr: float, beta1: float, beta2: float, weight_decay: float) -> list[float]:
     return [1 - lr * weight_decay, -lr, beta1, 1 - beta1, beta2, 1 - beta2]
 
 
-def _sophia_scalars(
+def sophia_scalars(
     lr: float, beta1: float, rho_bs: float, weight_decay: float, eps: float
 ) -> list[float]:
     return [1 - lr * weight_decay, -lr, beta1, 1 - beta1, rho_bs, eps]

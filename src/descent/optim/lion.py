@@ -75,7 +75,7 @@ class Lion(DescentOptimizer):
                 lr=group["lr"], beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"]
             )
             if self._use_fused(group, group["params"]) and _fused.planned_step(
-                self, index, "lion", _fused._lion_scalars(**hyperparameters)
+                self, index, "lion", _fused.lion_scalars(**hyperparameters)
             ):
                 continue
             params = self._params_with_grad(group)

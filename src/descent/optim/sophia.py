@@ -211,7 +211,7 @@ class Sophia(DescentOptimizer):
                 group["bs"] is not None
                 and self._use_fused(group, group["params"])
                 and _fused.planned_step(
-                    self, index, "sophia", _fused._sophia_scalars(**hyperparameters)
+                    self, index, "sophia", _fused.sophia_scalars(**hyperparameters)
                 )
             ):
                 continue
