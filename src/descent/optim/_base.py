@@ -52,6 +52,11 @@ class DescentOptimizer(torch.optim.Optimizer):
         for group, path in zip(self.param_groups, paths):
             group.update(path)
 
+    def _fused_wanted(self, group: dict[str, Any]) -> bool:
+        """Whether this group asks for the fused path (whether it can run is checked later)."""
+        fused = group.get("fused")
+        return bool(fused) or (fused is None and group.get("foreach") is None)
+
     def _use_fused(self, group: dict[str, Any], params: list[torch.Tensor]) -> bool:
         fused = group.get("fused")
         if fused is False or (fused is None and group.get("foreach") is not None):

@@ -444,14 +444,20 @@ _data_ptr = torch.Tensor.data_ptr
 
 
 class _Plan:
-    __slots__ = ("dtype", "ids", "keep", "param_ptrs", "sizes", "state", "state_ptrs", "steps")
+    __slots__ = (
+        "dtype", "keep", "param_list", "param_ptrs", "params", "sizes", "state", "state_ptrs",
+        "steps",
+    )  # fmt: skip
 
     def __init__(self, optimizer: Any, params: list[torch.Tensor], kind: str) -> None:
-        self.ids = list(map(id, params))
+        # The plan holds the parameters and state tensors, so none of its pointers can be
+        # freed and reused by another tensor while it lives.
+        self.param_list = params
+        self.params = list(params)
         self.state = optimizer.state
         self.dtype = None  # None: the kernel cannot take every row; use the general path
         states = [optimizer.state.get(p) for p in params]
-        if not all(states):
+        if not all(states) or _load() is None:
             return
         tensors = [[state[key] for state in states] for key in _STATE_KEYS[kind]]
         by_dtype, rest = _split((params, *tensors))
@@ -484,32 +490,38 @@ def planned_step(optimizer: Any, index: int, kind: str, hp: list[float]) -> bool
     row the kernel cannot take. The caller then takes the general path.
     """
     params = optimizer.param_groups[index]["params"]
-    grads = list(map(_grad, params))
-    if not all(map(operator.is_not, grads, itertools.repeat(None))):
-        return False
     plans = _plans.setdefault(optimizer, {})
     plan = plans.get(index)
-    if plan is None or plan.state is not optimizer.state or plan.ids != list(map(id, params)):
+    if (
+        plan is None
+        or plan.param_list is not params
+        or len(plan.params) != len(params)
+        or plan.state is not optimizer.state
+    ):
         plan = plans[index] = _Plan(optimizer, params, kind)
     if plan.dtype is None:
         if not optimizer.state.get(params[0]):
             del plans[index]  # first step: build the plan once the state exists
         return False
-    # torch keeps a gradient's device and shape equal to its parameter's; its layout, strides
-    # and (with ``grad_dtype``) dtype are free.
-    if (
-        set(map(_layout, grads)) != {torch.strided}
-        or set(map(_dtype, grads)) != {plan.dtype}
-        or not all(map(torch.Tensor.is_contiguous, grads))
-    ):
-        return False
-    if array.array("Q", map(_data_ptr, params)) != plan.param_ptrs:
+    # Every check below is one pass over the list in C (map), as few as safety allows: on
+    # thousands of small tensors each pass costs a few percent of the step.
+    pointers = array.array("Q", map(_data_ptr, params))
+    if pointers != plan.param_ptrs:  # a parameter's storage moved (or another took its slot)
         del plans[index]
         return False
-    library = _load()
-    pointers = array.array("Q", plan.param_ptrs)
-    pointers.extend(map(_data_ptr, grads))
+    grads = list(map(_grad, params))
+    try:
+        pointers.extend(map(_data_ptr, grads))  # TypeError: a parameter without gradient
+        # torch keeps a gradient's device and shape equal to its parameter's; its strides
+        # and (with ``grad_dtype``) dtype are free. is_contiguous raises for sparse layouts.
+        if set(map(_dtype, grads)) != {plan.dtype} or not all(
+            map(torch.Tensor.is_contiguous, grads)
+        ):
+            return False
+    except (TypeError, RuntimeError):
+        return False
     pointers.extend(plan.state_ptrs)
+    library = _load()
     hyper = array.array("d", hp)
     if kind == "sophia":
         library.add_one_float32(plan.steps.buffer_info()[0], len(plan.steps))

@@ -74,7 +74,7 @@ class Lion(DescentOptimizer):
             hyperparameters = dict(
                 lr=group["lr"], beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"]
             )
-            if self._use_fused(group, group["params"]) and _fused.planned_step(
+            if self._fused_wanted(group) and _fused.planned_step(
                 self, index, "lion", _fused.lion_scalars(**hyperparameters)
             ):
                 continue

@@ -209,7 +209,7 @@ class Sophia(DescentOptimizer):
             )
             if (
                 group["bs"] is not None
-                and self._use_fused(group, group["params"])
+                and self._fused_wanted(group)
                 and _fused.planned_step(
                     self, index, "sophia", _fused.sophia_scalars(**hyperparameters)
                 )
