@@ -13,7 +13,7 @@ state bytes per parameter byte, fresh MiB per step (minor page faults x page siz
 timed steps: memory the step had to get from the kernel, i.e. full-size temporaries).
 
     python benchmarks/step_time.py                           # everything, both layouts
-    python benchmarks/step_time.py --layouts small --only descent,triad --rounds 3
+    python benchmarks/step_time.py --layouts small --only descent --rounds 3
     python benchmarks/step_time.py --write benchmarks/RESULTS.md
 
 Needs the ``bench`` extra (lion-pytorch, sophia-opt, pytorch-optimizer); contenders whose
