@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import operator
 from collections import defaultdict
 from typing import Any
 
 import torch
 
+from descent.optim import _fused
 from descent.optim._validation import check_dense, check_params
 
 
@@ -24,6 +26,7 @@ class DescentOptimizer(torch.optim.Optimizer):
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         merged = {**self.defaults, **{k: v for k, v in param_group.items() if k != "params"}}
         self._check_hyperparameters(merged)
+        _check_path(merged)
         params = param_group["params"]
         tensors = [params] if isinstance(params, torch.Tensor) else list(params)
         for p in tensors:
@@ -40,11 +43,52 @@ class DescentOptimizer(torch.optim.Optimizer):
             check_dense(p, type(self).__name__)
         return params
 
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load state and hyperparameters; the code path (``foreach``, ``fused``) stays this
+        optimizer's, so a checkpoint saved on one path continues on another."""
+        paths = [{key: group.get(key) for key in _PATH_KEYS} for group in self.param_groups]
+        super().load_state_dict(state_dict)
+        _fused.forget(self)
+        for group, path in zip(self.param_groups, paths):
+            group.update(path)
+
+    def _fused_wanted(self, group: dict[str, Any]) -> bool:
+        """Whether this group asks for the fused path (whether it can run is checked later)."""
+        fused = group.get("fused")
+        return bool(fused) or (fused is None and group.get("foreach") is None)
+
+    def _use_fused(self, group: dict[str, Any], params: list[torch.Tensor]) -> bool:
+        fused = group.get("fused")
+        if fused is False or (fused is None and group.get("foreach") is not None):
+            return False
+        if fused is None:
+            # Accelerators: the compiled path is opt-in (fused=True) until it is measured there.
+            return all(map(_is_cpu, params)) and _fused.available()
+        if any(map(_is_cpu, params)) and not _fused.available():
+            raise RuntimeError(
+                f"{type(self).__name__}(fused=True): the fused kernels are unavailable "
+                f"({_fused.unavailable_reason()}); use fused=None or fused=False"
+            )
+        return True
+
     def _use_foreach(self, group: dict[str, Any], params: list[torch.Tensor]) -> bool:
         if group["foreach"] is not None:
             return bool(group["foreach"])
         # Same rule as torch.optim: the multi-tensor path where every tensor is on an accelerator.
         return bool(params) and all(p.device.type != "cpu" for p in params)
+
+
+_PATH_KEYS = ("foreach", "fused")
+_is_cpu = operator.attrgetter("is_cpu")
+
+
+def _check_path(group: dict[str, Any]) -> None:
+    for key in _PATH_KEYS:
+        value = group.get(key)
+        if value is not None and not isinstance(value, bool):
+            raise TypeError(f"Invalid {key}: {value!r} (allowed: True, False or None)")
+    if group.get("foreach") and group.get("fused"):
+        raise ValueError("foreach=True and fused=True exclude each other: choose one path")
 
 
 def group_by_device_and_dtype(

@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 
+from descent.optim import _fused
 from descent.optim._base import DescentOptimizer, group_by_device_and_dtype
 from descent.optim._validation import check_betas, check_non_negative
 
@@ -35,6 +36,10 @@ class Lion(DescentOptimizer):
         foreach: ``True`` for the multi-tensor ``torch._foreach_*`` path, ``False`` for the
             single-tensor loop, ``None`` (default) picks foreach when every tensor is on an
             accelerator. Both paths give the same numbers.
+        fused: ``True`` for the fused one-pass kernel (:mod:`descent.optim._fused`), ``False``
+            to never use it, ``None`` (default) uses it on CPU where it builds, unless
+            ``foreach`` is set. Same numbers as the single-tensor path; tensors it cannot take
+            (not contiguous, not float32/float64) go through the foreach path.
 
     References:
         Chen et al., "Symbolic Discovery of Optimization Algorithms", arXiv:2302.06675.
@@ -48,8 +53,9 @@ class Lion(DescentOptimizer):
         weight_decay: float = 0.0,
         *,
         foreach: bool | None = None,
+        fused: bool | None = None,
     ) -> None:
-        defaults = dict(lr=lr, betas=betas, weight_decay=weight_decay, foreach=foreach)
+        defaults = dict(lr=lr, betas=betas, weight_decay=weight_decay, foreach=foreach, fused=fused)
         super().__init__(params, defaults)
 
     def _check_hyperparameters(self, group: dict[str, Any]) -> None:
@@ -63,7 +69,15 @@ class Lion(DescentOptimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        for group in self.param_groups:
+        for index, group in enumerate(self.param_groups):
+            beta1, beta2 = group["betas"]
+            hyperparameters = dict(
+                lr=group["lr"], beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"]
+            )
+            if self._fused_wanted(group) and _fused.planned_step(
+                self, index, "lion", _fused.lion_scalars(**hyperparameters)
+            ):
+                continue
             params = self._params_with_grad(group)
             if not params:
                 continue
@@ -74,17 +88,13 @@ class Lion(DescentOptimizer):
                     state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 grads.append(p.grad)
                 exp_avgs.append(state["exp_avg"])
-            beta1, beta2 = group["betas"]
-            update = _foreach_lion if self._use_foreach(group, params) else _single_tensor_lion
-            update(
-                params,
-                grads,
-                exp_avgs,
-                lr=group["lr"],
-                beta1=beta1,
-                beta2=beta2,
-                weight_decay=group["weight_decay"],
-            )
+            if self._use_fused(group, params):
+                params, grads, exp_avgs = _fused.lion(params, grads, exp_avgs, **hyperparameters)
+                update = _foreach_lion
+            else:
+                update = _foreach_lion if self._use_foreach(group, params) else _single_tensor_lion
+            if params:
+                update(params, grads, exp_avgs, **hyperparameters)
         return loss
 
 

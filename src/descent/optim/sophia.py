@@ -8,6 +8,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from descent.optim import _fused
 from descent.optim._base import DescentOptimizer, group_by_device_and_dtype
 from descent.optim._validation import (
     check_betas,
@@ -65,6 +66,9 @@ class Sophia(DescentOptimizer):
             ``bs`` raises rather than silently using a wrong scale.
         foreach: multi-tensor path (``True``), single-tensor loop (``False``) or pick
             (``None``, the default: foreach when every tensor is on an accelerator).
+        fused: one-pass fused kernel for the step and :meth:`update_hessian` (``True``),
+            never (``False``), or on CPU where it builds unless ``foreach`` is set (``None``,
+            the default). Same numbers as the single-tensor path.
 
     References:
         Liu, Li, Hall, Liang, Ma, "Sophia: A Scalable Stochastic Second-order Optimizer for
@@ -83,6 +87,7 @@ class Sophia(DescentOptimizer):
         bs: int | None = None,
         *,
         foreach: bool | None = None,
+        fused: bool | None = None,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -93,6 +98,7 @@ class Sophia(DescentOptimizer):
             k=k,
             bs=bs,
             foreach=foreach,
+            fused=fused,
         )
         super().__init__(params, defaults)
 
@@ -162,7 +168,12 @@ class Sophia(DescentOptimizer):
             if not params:
                 continue
             hessians = [self._init_state(p)["hessian"] for p in params]
-            if self._use_foreach(group, params):
+            use_fused = self._use_fused(group, params)
+            if use_fused:  # the rows the kernel cannot take fall through to foreach
+                hessians, estimates = _fused.hessian(
+                    hessians, estimates, beta2=beta2, square=diagonal is None
+                )
+            if use_fused or self._use_foreach(group, params):
                 for bucket_h, bucket_e in group_by_device_and_dtype(hessians, estimates):
                     torch._foreach_mul_(bucket_h, beta2)
                     if diagonal is None:
@@ -186,9 +197,24 @@ class Sophia(DescentOptimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        for group in self.param_groups:
+        for index, group in enumerate(self.param_groups):
             if bs is not None:
                 group["bs"] = bs
+            hyperparameters = dict(
+                lr=group["lr"],
+                beta1=group["betas"][0],
+                rho_bs=group["rho"] * (group["bs"] or 0),
+                weight_decay=group["weight_decay"],
+                eps=group["eps"],
+            )
+            if (
+                group["bs"] is not None
+                and self._fused_wanted(group)
+                and _fused.planned_step(
+                    self, index, "sophia", _fused.sophia_scalars(**hyperparameters)
+                )
+            ):
+                continue
             params = self._params_with_grad(group)
             if not params:
                 continue
@@ -204,19 +230,15 @@ class Sophia(DescentOptimizer):
                 exp_avgs.append(state["exp_avg"])
                 hessians.append(state["hessian"])
                 steps.append(state["step"])
-            update = _foreach_sophia if self._use_foreach(group, params) else _single_tensor_sophia
-            update(
-                params,
-                grads,
-                exp_avgs,
-                hessians,
-                steps,
-                lr=group["lr"],
-                beta1=group["betas"][0],
-                rho_bs=group["rho"] * group["bs"],
-                weight_decay=group["weight_decay"],
-                eps=group["eps"],
-            )
+            rows = (params, grads, exp_avgs, hessians, steps)
+            if self._use_fused(group, params):
+                rows = _fused.sophia(*rows, **hyperparameters)
+                update = _foreach_sophia
+            else:
+                use_foreach = self._use_foreach(group, params)
+                update = _foreach_sophia if use_foreach else _single_tensor_sophia
+            if rows[0]:
+                update(*rows, **hyperparameters)
         return loss
 
     @torch.no_grad()

@@ -1,0 +1,355 @@
+"""The fused Lion and Sophia paths: same numbers as the single-tensor path, bit for bit.
+
+Small tensors only (the kernels build once per process, in well under a second); one tensor
+is large enough (70,001 elements) that the kernel splits it across threads.
+"""
+
+from __future__ import annotations
+
+import io
+import resource
+import sys
+import warnings
+
+import pytest
+import torch
+
+from descent.optim import Lion, Sophia, _fused
+
+pytestmark = pytest.mark.skipif(
+    not _fused.available(), reason=f"fused kernels unavailable: {_fused.unavailable_reason()}"
+)
+
+SHAPES = [(3, 5), (1,), (17, 33), (70001,), (64,)]
+DTYPES = [torch.float32, torch.float64]
+PATHS = {
+    "single": {"foreach": False, "fused": False},
+    "foreach": {"foreach": True, "fused": False},
+    "fused": {"fused": True},
+    "default": {},
+}
+
+
+def _params(dtype: torch.dtype, seed: int = 0) -> list[torch.nn.Parameter]:
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.nn.Parameter(torch.randn(s, generator=generator, dtype=dtype)) for s in SHAPES]
+
+
+def _build(cls, params, path: dict, **extra):
+    """Two param groups with different hyperparameters; the last parameter never has a grad."""
+    if cls is Lion:
+        groups = [
+            {"params": params[:2], "lr": 3e-2, "weight_decay": 0.5, "betas": (0.95, 0.98)},
+            {"params": params[2:]},
+        ]
+        return cls(groups, lr=1e-2, weight_decay=0.1, **path, **extra)
+    groups = [
+        {"params": params[:2], "lr": 3e-2, "rho": 0.02, "weight_decay": 0.3},
+        {"params": params[2:], "betas": (0.9, 0.95)},
+    ]
+    return cls(groups, lr=1e-2, bs=8, k=3, **path, **extra)
+
+
+def _run(cls, optimizer, params, steps: int, seed: int = 1, start: int = 0) -> None:
+    """Steps with fresh gradients, an lr schedule that changes every step, and (Sophia)
+    GNB and Hutchinson curvature updates, the latter with negative entries."""
+    generator = torch.Generator().manual_seed(seed)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: 1.0 / (1 + 0.1 * t))
+    with warnings.catch_warnings():  # catching up a resumed schedule before any step
+        warnings.simplefilter("ignore", UserWarning)
+        for _ in range(start):
+            scheduler.step()
+    for _ in range(steps):
+        for p in params[:-1]:
+            p.grad = torch.randn(p.shape, generator=generator, dtype=p.dtype)
+        params[-1].grad = None
+        optimizer.step()
+        scheduler.step()
+        if cls is Sophia and optimizer.curvature_due:
+            for p in params[:-1]:
+                p.grad = torch.randn(p.shape, generator=generator, dtype=p.dtype)
+            optimizer.update_hessian()
+            estimates = {
+                p: torch.randn(p.shape, generator=generator, dtype=p.dtype) for p in params[:-1]
+            }
+            optimizer.update_hessian(estimates)
+
+
+def _snapshot(optimizer, params) -> list[torch.Tensor]:
+    tensors = [p.detach().clone() for p in params]
+    for p in params:
+        tensors += [v.clone() for v in optimizer.state[p].values()]
+    return tensors
+
+
+def _assert_identical(expected: list[torch.Tensor], actual: list[torch.Tensor]) -> None:
+    assert len(expected) == len(actual)
+    for a, b in zip(expected, actual):
+        assert a.dtype == b.dtype
+        assert torch.equal(a, b), (a - b).abs().max()
+
+
+@pytest.fixture
+def kernel_calls(monkeypatch):
+    calls = []
+    original = _fused._call
+
+    def counting(name, *args, **kwargs):
+        calls.append(name)
+        return original(name, *args, **kwargs)
+
+    monkeypatch.setattr(_fused, "_call", counting)
+    return calls
+
+
+@pytest.fixture
+def planned(monkeypatch):
+    """Records each cached-plan attempt's outcome (True: the step ran from the plan)."""
+    outcomes = []
+    original = _fused.planned_step
+
+    def recording(*args, **kwargs):
+        outcomes.append(original(*args, **kwargs))
+        return outcomes[-1]
+
+    monkeypatch.setattr(_fused, "planned_step", recording)
+    return outcomes
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("cls", [Lion, Sophia], ids=lambda c: c.__name__)
+@pytest.mark.parametrize("path", ["fused", "default"])
+def test_fused_equals_single_tensor_bitwise(cls, dtype, path, kernel_calls, planned):
+    reference_params = _params(dtype)
+    reference = _build(cls, reference_params, PATHS["single"])
+    _run(cls, reference, reference_params, steps=10)
+    assert not kernel_calls
+
+    params = _params(dtype)
+    optimizer = _build(cls, params, PATHS[path])
+    _run(cls, optimizer, params, steps=10)
+
+    expected_kernels = {"lion"} if cls is Lion else {"sophia", "hessian"}
+    assert set(kernel_calls) == expected_kernels  # the fused kernels did the work
+    assert True in planned and False in planned  # group 1 ran from its plan, group 2 cannot
+    _assert_identical(_snapshot(reference, reference_params), _snapshot(optimizer, params))
+    assert len(optimizer.state[params[-1]]) == 0  # no grad: skipped, no state
+    assert torch.equal(params[-1], _params(dtype)[-1])
+
+
+@pytest.mark.parametrize("cls", [Lion, Sophia], ids=lambda c: c.__name__)
+@pytest.mark.parametrize(("first", "second"), [("fused", "foreach"), ("foreach", "fused")])
+def test_state_dict_moves_between_paths(cls, first, second):
+    """Save on one path after 5 steps, load into the other, continue 3 steps: identical to a
+    single-tensor run that is interrupted and resumed the same way."""
+    params = _params(torch.float32)
+    optimizer = _build(cls, params, PATHS[first])
+    _run(cls, optimizer, params, steps=5)
+    buffer = io.BytesIO()
+    torch.save(optimizer.state_dict(), buffer)
+    buffer.seek(0)
+
+    resumed_params = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    resumed = _build(cls, resumed_params, PATHS[second])
+    resumed.load_state_dict(torch.load(buffer, weights_only=True))
+    assert all(group["fused"] == PATHS[second]["fused"] for group in resumed.param_groups)
+    _run(cls, resumed, resumed_params, steps=3, start=5)
+    if cls is Sophia:
+        assert resumed.steps_taken == 8
+    twin_params = _params(torch.float32)
+    twin = _build(cls, twin_params, PATHS["single"])
+    _run(cls, twin, twin_params, steps=5)
+    _run(cls, twin, twin_params, steps=3, start=5)
+    _assert_identical(_snapshot(twin, twin_params), _snapshot(resumed, resumed_params))
+
+
+@pytest.mark.parametrize("cls", [Lion, Sophia], ids=lambda c: c.__name__)
+def test_rows_the_kernel_cannot_take_fall_back(cls, kernel_calls):
+    """A non-contiguous float32 parameter and a bfloat16 one go through the foreach path (the
+    fallback), the rest is fused: everything equals an all-foreach run. (For bfloat16 the
+    foreach and single-tensor paths differ in rounding: the fallback inherits foreach's.)"""
+
+    def make():
+        generator = torch.Generator().manual_seed(3)
+        return [
+            torch.nn.Parameter(torch.randn(6, 4, generator=generator).t()),
+            torch.nn.Parameter(torch.randn(9, generator=generator).bfloat16()),
+            torch.nn.Parameter(torch.randn(10, generator=generator)),
+            torch.nn.Parameter(torch.randn(2, generator=generator, dtype=torch.float64)),
+        ]
+
+    results = []
+    for path in ("foreach", "fused"):
+        params = make()
+        kwargs = {"bs": 4} if cls is Sophia else {}
+        optimizer = cls(params, lr=1e-2, **kwargs, **PATHS[path])
+        generator = torch.Generator().manual_seed(4)
+        for _ in range(4):
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=generator).to(p.dtype)
+            optimizer.step()
+            if cls is Sophia:
+                optimizer.update_hessian()
+        results.append(_snapshot(optimizer, params))
+    _assert_identical(*results)
+    assert kernel_calls  # the contiguous float32/float64 rows were fused
+
+
+@pytest.mark.parametrize("cls", [Lion, Sophia], ids=lambda c: c.__name__)
+def test_plan_follows_changes(cls, planned):
+    """The cached plan never runs stale: a parameter whose storage moved, a non-contiguous
+    gradient, a missing gradient and a reloaded state each take the general path for that
+    step, and every step still equals the single-tensor path."""
+    kwargs = {"bs": 4} if cls is Sophia else {}
+    runs = []
+    for path in ("single", "fused"):
+        params = _params(torch.float32)[:3]
+        optimizer = cls(params, lr=1e-2, weight_decay=0.1, **kwargs, **PATHS[path])
+        generator = torch.Generator().manual_seed(5)
+        for step in range(9):
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=generator)
+            if step == 3:
+                params[0].data = params[0].data.clone()  # new storage under the same Parameter
+            if step == 4:
+                params[2].grad = params[2].grad.t().contiguous().t()  # same values, transposed
+            if step == 5:
+                params[1].grad = None
+            if step == 6:
+                optimizer.load_state_dict(optimizer.state_dict())
+            optimizer.step()
+        runs.append(_snapshot(optimizer, params))
+    _assert_identical(*runs)
+    assert planned.count(True) >= 4 and planned.count(False) >= 4
+
+
+def test_build_happens_once_per_process(monkeypatch):
+    """No rebuild for a new lr, new shapes or another dtype: hyperparameters are arguments."""
+    assert _fused.compile_seconds is not None and _fused.compile_seconds < 30
+
+    def no_rebuild(*_args, **_kwargs):
+        raise AssertionError("kernels rebuilt")
+
+    monkeypatch.setattr(_fused, "_build", no_rebuild)
+    for dtype, lr in ((torch.float32, 1e-3), (torch.float64, 2e-3), (torch.float32, 5e-4)):
+        p = torch.nn.Parameter(torch.randn(int(lr * 1e4), dtype=dtype))
+        p.grad = torch.ones_like(p)
+        Lion([p], lr=lr, fused=True).step()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="counts page faults via getrusage")
+@pytest.mark.parametrize("cls", [Lion, Sophia], ids=lambda c: c.__name__)
+def test_no_full_size_temporaries(cls):
+    """A fused step over a 16 MiB parameter touches no fresh memory: a single temporary of
+    that size would show up as ~4,000 minor page faults (its pages are new each step)."""
+    p = torch.nn.Parameter(torch.randn(4 * 2**20))
+    p.grad = torch.randn_like(p)
+    kwargs = {"bs": 4} if cls is Sophia else {}
+    optimizer = cls([p], lr=1e-3, fused=True, **kwargs)
+    optimizer.step()  # state allocated here
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+        optimizer.step()
+        if cls is Sophia:
+            optimizer.update_hessian()
+    assert not [e.key for e in profile.key_averages() if e.key.startswith("aten::")]
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    optimizer.step()
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before < 400
+
+
+def test_path_arguments_are_validated(monkeypatch):
+    p = torch.nn.Parameter(torch.zeros(3))
+    with pytest.raises(ValueError, match="exclude each other"):
+        Lion([p], foreach=True, fused=True)
+    with pytest.raises(TypeError, match="Invalid fused"):
+        Sophia([p], fused="yes")
+    p.grad = torch.ones(3)
+    monkeypatch.setattr(_fused, "_library", None)
+    monkeypatch.setattr(_fused, "_failure", "no C compiler found (set CC)")
+    with pytest.raises(RuntimeError, match="no C compiler"):
+        Lion([p], fused=True).step()
+    Lion([p]).step()  # fused=None quietly falls back
+
+
+def test_explicit_foreach_keeps_its_path(kernel_calls):
+    p = torch.nn.Parameter(torch.zeros(3))
+    p.grad = torch.ones(3)
+    Lion([p], foreach=False).step()
+    Lion([p], foreach=True).step()
+    assert not kernel_calls
+    Lion([p]).step()
+    assert kernel_calls == ["lion"]
+
+
+def test_compiled_graphs_match_single_tensor():
+    """The accelerator path's graphs (torch.compile; Triton on CUDA) run here through
+    inductor's C++ backend: equal to the single-tensor path to float32 rounding (the compiler
+    decides where to fuse multiply-adds, so the last bit differs: measured here up to 7e-7
+    relative; a sign flip of Lion's interpolation on such a tie would move a coordinate by
+    2 lr, which these draws do not hit), and one graph per update however lr changes."""
+    from descent.optim.lion import _single_tensor_lion
+    from descent.optim.sophia import _single_tensor_sophia
+
+    torch._dynamo.reset()
+    counters = torch._dynamo.utils.counters["stats"]
+    graphs = counters["unique_graphs"]
+    generator = torch.Generator().manual_seed(6)
+    shapes = [(3, 5), (7,)]
+    start = [torch.randn(s, generator=generator) for s in shapes]
+    eager = {"p": [t.clone() for t in start], "m": [torch.zeros(s) for s in shapes]}
+    graph = {"p": [t.clone() for t in start], "m": [torch.zeros(s) for s in shapes]}
+    eager["h"], graph["h"] = [torch.zeros(s) for s in shapes], [torch.zeros(s) for s in shapes]
+    for step in range(6):
+        lr = 1e-2 / (1 + step)
+        grads = [torch.randn(s, generator=generator) for s in shapes]
+        _single_tensor_lion(
+            eager["p"], grads, eager["m"], lr=lr, beta1=0.9, beta2=0.99, weight_decay=0.1
+        )
+        _fused.compiled_step(
+            "lion", graph["p"], grads, graph["m"], hp=_fused.lion_scalars(lr, 0.9, 0.99, 0.1)
+        )
+    for expected, actual in zip(eager["p"] + eager["m"], graph["p"] + graph["m"]):
+        torch.testing.assert_close(actual, expected)
+    assert counters["unique_graphs"] - graphs == 1
+
+    for step in range(4):
+        lr = 1e-2 / (1 + step)
+        grads = [torch.randn(s, generator=generator) for s in shapes]
+        hp = dict(lr=lr, beta1=0.9, rho_bs=0.2, weight_decay=0.1, eps=1e-15)
+        steps = [torch.tensor(0.0) for _ in shapes]
+        _single_tensor_sophia(eager["p"], grads, eager["m"], eager["h"], steps, **hp)
+        _fused.compiled_step(
+            "sophia", graph["p"], grads, graph["m"], graph["h"], hp=_fused.sophia_scalars(**hp)
+        )
+        estimates = [torch.randn(s, generator=generator) for s in shapes]
+        for h, e in zip(eager["h"], estimates):
+            h.mul_(0.99).addcmul_(e, e, value=0.01)
+        _fused.compiled_step("hessian", graph["h"], estimates, hp=[0.99, 0.01], square=True)
+    for expected, actual in zip(
+        eager["p"] + eager["m"] + eager["h"], graph["p"] + graph["m"] + graph["h"]
+    ):
+        torch.testing.assert_close(actual, expected)
+    assert counters["unique_graphs"] - graphs == 3
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("cls", [Lion, Sophia], ids=lambda c: c.__name__)
+def test_cuda_fused_is_opt_in_and_matches_single_tensor(cls, kernel_calls):
+    """On CUDA fused=None keeps the foreach path; fused=True runs the compiled graphs, equal
+    to the single-tensor path to float32 rounding (see the test above)."""
+    kwargs = {"bs": 4} if cls is Sophia else {}
+    results = []
+    for path in ("single", "default", "fused"):
+        generator = torch.Generator().manual_seed(7)
+        params = [torch.nn.Parameter(torch.randn(s, generator=generator).cuda()) for s in SHAPES]
+        optimizer = cls(params, lr=1e-2, weight_decay=0.1, **kwargs, **PATHS[path])
+        for _ in range(5):
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=generator).cuda()
+            optimizer.step()
+            if cls is Sophia:
+                optimizer.update_hessian()
+        results.append(_snapshot(optimizer, params))
+    assert not kernel_calls
+    for expected, actual in zip(results[0], results[2]):
+        torch.testing.assert_close(actual, expected)
