@@ -52,8 +52,9 @@ def test_bad_start_or_function_is_refused():
         minimize(lambda x: (x**2).sum(), [[1.0, 2.0]])
     with pytest.raises(TypeError, match="scalar tensor"):
         minimize(lambda x: x**2, [1.0, 2.0], steps=1)
-    with pytest.raises(ValueError, match="Invalid steps: -3"):
+    with pytest.raises(ValueError, match=r"Invalid steps: -3 \(allowed: an integer >= 0\)"):
         minimize(lambda x: (x**2).sum(), [1.0], steps=-3)
+    assert len(minimize(lambda x: (x**2).sum(), [1.0], steps=0).path) == 1
 
 
 def test_float32_and_seeded_curvature_are_reproducible():

@@ -11,7 +11,6 @@ import numpy as np
 import torch
 
 from descent.optim import create_optimizer, hutchinson
-from descent.optim._validation import check_positive_int
 
 
 @dataclass(frozen=True)
@@ -67,7 +66,8 @@ def minimize(
 
     The run stops early, with ``diverged_at`` set, when the value or the point is not finite.
     """
-    steps = check_positive_int("steps", steps) if steps != 0 else 0
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"Invalid steps: {steps!r} (allowed: an integer >= 0)")
     x = torch.as_tensor(np.asarray(x0, dtype=np.float64), dtype=dtype, device=device)
     if x.dim() != 1 or x.numel() == 0:
         raise ValueError(f"x0 must be a non-empty vector, got shape {tuple(x.shape)}")
