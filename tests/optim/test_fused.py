@@ -14,7 +14,7 @@ import warnings
 import pytest
 import torch
 
-from descent.optim import Lion, Sophia, _fused
+from descent.optim import Lion, Sophia, _compiled, _fused
 
 pytestmark = pytest.mark.skipif(
     not _fused.available(), reason=f"fused kernels unavailable: {_fused.unavailable_reason()}"
@@ -305,7 +305,7 @@ def test_compiled_graphs_match_single_tensor():
         _single_tensor_lion(
             eager["p"], grads, eager["m"], lr=lr, beta1=0.9, beta2=0.99, weight_decay=0.1
         )
-        _fused.compiled_step(
+        _compiled.compiled_step(
             "lion", graph["p"], grads, graph["m"], hp=_fused.lion_scalars(lr, 0.9, 0.99, 0.1)
         )
     for expected, actual in zip(eager["p"] + eager["m"], graph["p"] + graph["m"]):
@@ -318,13 +318,13 @@ def test_compiled_graphs_match_single_tensor():
         hp = dict(lr=lr, beta1=0.9, rho_bs=0.2, weight_decay=0.1, eps=1e-15)
         steps = [torch.tensor(0.0) for _ in shapes]
         _single_tensor_sophia(eager["p"], grads, eager["m"], eager["h"], steps, **hp)
-        _fused.compiled_step(
+        _compiled.compiled_step(
             "sophia", graph["p"], grads, graph["m"], graph["h"], hp=_fused.sophia_scalars(**hp)
         )
         estimates = [torch.randn(s, generator=generator) for s in shapes]
         for h, e in zip(eager["h"], estimates):
             h.mul_(0.99).addcmul_(e, e, value=0.01)
-        _fused.compiled_step("hessian", graph["h"], estimates, hp=[0.99, 0.01], square=True)
+        _compiled.compiled_step("hessian", graph["h"], estimates, hp=[0.99, 0.01], square=True)
     for expected, actual in zip(
         eager["p"] + eager["m"] + eager["h"], graph["p"] + graph["m"] + graph["h"]
     ):
