@@ -199,7 +199,8 @@ def test_rows_the_kernel_cannot_take_fall_back(cls, kernel_calls):
 def test_plan_follows_changes(cls, planned):
     """The cached plan never runs stale: a parameter whose storage moved, a non-contiguous
     gradient, a missing gradient and a reloaded state each take the general path for that
-    step, and every step still equals the single-tensor path."""
+    step, and every step still equals the single-tensor path. (Sophia: the same for the
+    curvature update's plan, which runs after every step here.)"""
     kwargs = {"bs": 4} if cls is Sophia else {}
     runs = []
     for path in ("single", "fused"):
@@ -218,9 +219,13 @@ def test_plan_follows_changes(cls, planned):
             if step == 6:
                 optimizer.load_state_dict(optimizer.state_dict())
             optimizer.step()
+            if cls is Sophia:
+                optimizer.update_hessian()
         runs.append(_snapshot(optimizer, params))
     _assert_identical(*runs)
     assert planned.count(True) >= 4 and planned.count(False) >= 4
+    if cls is Sophia:  # both plans ran: the step's and the curvature update's
+        assert sum(planned) >= 8
 
 
 def test_build_happens_once_per_process(monkeypatch):

@@ -434,21 +434,29 @@ def sophia_scalars(
 #
 # On thousands of small tensors even list-wide checks cost a large part of the kernel's time.
 # After the first step, a group whose every parameter has a gradient and whose every row the
-# kernel takes keeps its parameter and state pointers in a plan; a step then only reads the
-# gradients, checks they are contiguous, and checks that no parameter's storage moved. The
-# plan holds references to the state tensors (so its pointers never dangle) and is dropped
-# when the optimizer's state dict is replaced (load_state_dict) or the group's parameters
-# change.
+# kernel takes keeps its parameter and state pointers in a plan (one per group and update:
+# the Lion or Sophia step, Sophia's GNB curvature update); a step then only reads the
+# gradients, checks they are contiguous and of the plan's dtype, and checks that no
+# parameter's storage moved. The plan holds references to the state tensors (so its pointers
+# never dangle) and is dropped when the optimizer's state dict is replaced (load_state_dict) or
+# the group's parameters change.
 
-_STATE_KEYS = {"lion": ("exp_avg",), "sophia": ("exp_avg", "hessian")}
+# kind -> (whether the parameters' pointers lead, state keys whose pointers come before the
+# gradients', state keys after them): the kernels' pointer layout.
+_LAYOUTS = {
+    "lion": (True, (), ("exp_avg",)),  # p, g, m
+    "sophia": (True, (), ("exp_avg", "hessian")),  # p, g, m, h
+    "hessian": (False, ("hessian",), ()),  # h, e (the estimate is the gradient: GNB)
+}
 _grad = operator.attrgetter("grad")
 _data_ptr = torch.Tensor.data_ptr
+_is_contiguous = torch.Tensor.is_contiguous
 
 
 class _Plan:
     __slots__ = (
-        "dtype", "keep", "param_list", "param_ptrs", "params", "sizes", "state", "state_ptrs",
-        "steps",
+        "count", "dtype", "function", "grad_slot", "keep", "param_list", "param_ptrs", "params",
+        "pointers", "sizes", "state", "steps",
     )  # fmt: skip
 
     def __init__(self, optimizer: Any, params: list[torch.Tensor], kind: str) -> None:
@@ -459,19 +467,34 @@ class _Plan:
         self.state = optimizer.state
         self.dtype = None  # None: the kernel cannot take every row; use the general path
         states = [optimizer.state.get(p) for p in params]
-        if not all(states) or _load() is None:
+        library = _load()
+        if not all(states) or library is None:
             return
-        tensors = [[state[key] for state in states] for key in _STATE_KEYS[kind]]
-        by_dtype, rest = _split((params, *tensors))
+        lead, before_keys, after_keys = _LAYOUTS[kind]
+        try:
+            before = [[state[key] for state in states] for key in before_keys]
+            after = [[state[key] for state in states] for key in after_keys]
+        except KeyError:
+            return
+        by_dtype, rest = _split((params, *before, *after))
         if rest or len(by_dtype) != 1:
             return
         steps = [state["step"] for state in states] if kind == "sophia" else []
         if steps and not (set(map(_dtype, steps)) == {torch.float32} and all(map(_is_cpu, steps))):
             return
         self.dtype = next(iter(by_dtype))
-        self.keep = (tensors, steps)
-        self.param_ptrs = array.array("Q", map(_data_ptr, params))
-        self.state_ptrs = array.array("Q", map(_data_ptr, itertools.chain.from_iterable(tensors)))
+        self.function = getattr(library, f"{kind}_{_DTYPES[self.dtype]}")
+        self.keep = (before, after, steps)
+        self.count = len(params)
+        self.param_ptrs = list(map(_data_ptr, params))
+        # The kernel's pointer array, reused every step: only the gradients' slots change.
+        head = (self.param_ptrs if lead else []) + [
+            pointer for tensors in before for pointer in map(_data_ptr, tensors)
+        ]
+        self.grad_slot = len(head)
+        self.pointers = array.array("Q", head)
+        self.pointers.extend(itertools.repeat(0, self.count))
+        self.pointers.extend(map(_data_ptr, itertools.chain.from_iterable(after)))
         self.steps = array.array("Q", map(_data_ptr, steps))
         self.sizes = array.array("q", map(torch.Tensor.numel, params))
 
@@ -485,51 +508,53 @@ def forget(optimizer: Any) -> None:
 
 
 def planned_step(optimizer: Any, index: int, kind: str, hp: list[float]) -> bool:
-    """Run group ``index``'s step (``kind``: "lion" or "sophia") from its plan.
+    """Run group ``index``'s update ``kind`` ("lion", "sophia" or "hessian", the GNB
+    curvature update from the gradients) from its plan.
 
     Returns False, having done nothing, where the plan does not apply: the first step (no
     state yet), a parameter without gradient, a non-contiguous gradient, a moved parameter, a
     row the kernel cannot take. The caller then takes the general path.
     """
     params = optimizer.param_groups[index]["params"]
-    plans = _plans.setdefault(optimizer, {})
-    plan = plans.get(index)
+    plans = _plans.get(optimizer)
+    if plans is None:
+        plans = _plans[optimizer] = {}
+    key = (index, kind)
+    plan = plans.get(key)
     if (
         plan is None
         or plan.param_list is not params
         or len(plan.params) != len(params)
         or plan.state is not optimizer.state
     ):
-        plan = plans[index] = _Plan(optimizer, params, kind)
+        plan = plans[key] = _Plan(optimizer, params, kind)
     if plan.dtype is None:
         if not optimizer.state.get(params[0]):
-            del plans[index]  # first step: build the plan once the state exists
+            del plans[key]  # first step: build the plan once the state exists
         return False
-    # Every check below is one pass over the list in C (map), as few as safety allows: on
-    # thousands of small tensors each pass costs a few percent of the step.
-    pointers = array.array("Q", map(_data_ptr, params))
-    if pointers != plan.param_ptrs:  # a parameter's storage moved (or another took its slot)
-        del plans[index]
+    # Each check below is one pass over the list in C (map), as few as safety allows: on
+    # thousands of small tensors the tensors' metadata is usually out of cache (the previous
+    # step streamed hundreds of MiB), and each pass costs a few percent of the step.
+    if list(map(_data_ptr, params)) != plan.param_ptrs:
+        del plans[key]  # a parameter's storage moved (or another took its slot)
         return False
     grads = list(map(_grad, params))
     try:
-        pointers.extend(map(_data_ptr, grads))  # TypeError: a parameter without gradient
+        grad_ptrs = array.array("Q", map(_data_ptr, grads))  # TypeError: a missing gradient
         # torch keeps a gradient's device and shape equal to its parameter's; its strides
         # and (with ``grad_dtype``) dtype are free. is_contiguous raises for sparse layouts.
-        if set(map(_dtype, grads)) != {plan.dtype} or not all(
-            map(torch.Tensor.is_contiguous, grads)
-        ):
+        if set(map(_dtype, grads)) != {plan.dtype} or not all(map(_is_contiguous, grads)):
             return False
     except (TypeError, RuntimeError):
         return False
-    pointers.extend(plan.state_ptrs)
-    library = _load()
+    slot = plan.grad_slot
+    plan.pointers[slot : slot + plan.count] = grad_ptrs
     hyper = array.array("d", hp)
-    if kind == "sophia":
-        library.add_one_float32(plan.steps.buffer_info()[0], len(plan.steps))
-    getattr(library, f"{kind}_{_DTYPES[plan.dtype]}")(
-        pointers.buffer_info()[0],
-        len(plan.sizes),
+    if plan.steps:
+        _library.add_one_float32(plan.steps.buffer_info()[0], len(plan.steps))
+    plan.function(
+        plan.pointers.buffer_info()[0],
+        plan.count,
         plan.sizes.buffer_info()[0],
         hyper.buffer_info()[0],
         torch.get_num_threads(),
