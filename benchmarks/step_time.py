@@ -389,7 +389,7 @@ def write_results(path: Path, body: str, heading: str) -> None:
     start = text.find(heading + "\n")
     if start >= 0:
         following = text.find("\n## ", start + len(heading))
-        text = text[:start] + body + (text[following:] if following >= 0 else "\n")
+        text = text[:start] + body + "\n" + (text[following:] if following >= 0 else "")
     else:
         text = text.rstrip("\n") + "\n\n" + body + "\n"
     path.write_text(text)
@@ -415,6 +415,8 @@ def main(argv: list[str] | None = None) -> None:
     wanted = [w.strip().lower() for w in args.only.split(",") if w.strip()]
     contenders = [c for c in CONTENDERS if not wanted or any(w in c.name.lower() for w in wanted)]
     command = "python " + " ".join(["benchmarks/step_time.py", *(argv or sys.argv[1:])])
+    if os.environ.get("PYTHONPATH"):
+        command = f"PYTHONPATH={os.environ['PYTHONPATH']} {command}"
     sections = []
     for layout in args.layouts.split(","):
         rows = run_layout(layout.strip(), contenders, args.rounds, args.compile_cap, args.device)
