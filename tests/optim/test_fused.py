@@ -228,6 +228,30 @@ def test_plan_follows_changes(cls, planned):
         assert sum(planned) >= 8
 
 
+@pytest.mark.parametrize("update", ["Lion.step", "Sophia.step", "Sophia.update_hessian"])
+def test_plan_never_reads_past_a_shrunk_gradient(update, planned):
+    """``p.data = p.data[:k]`` keeps the data pointer and shrinks the parameter and its next
+    gradient: the plan must not run (its sizes are the old ones); the general path raises on
+    the stale state, as the single-tensor path does."""
+    cls = Lion if update.startswith("Lion") else Sophia
+    kwargs = {"bs": 4} if cls is Sophia else {}
+    p, q = torch.nn.Parameter(torch.randn(17, 33)), torch.nn.Parameter(torch.randn(4))
+    optimizer = cls([p, q], lr=1e-2, fused=True, **kwargs)
+    run = optimizer.update_hessian if update.endswith("update_hessian") else optimizer.step
+    for _ in range(2):
+        p.grad, q.grad = torch.randn(p.shape), torch.randn(4)
+        optimizer.step()
+        run()
+    assert planned[-1] is True
+    pointer = p.data_ptr()
+    p.data = p.data[:8]
+    assert p.data_ptr() == pointer
+    p.grad, q.grad = torch.randn(p.shape), torch.randn(4)
+    with pytest.raises(RuntimeError, match="must match"):
+        run()
+    assert planned[-1] is False
+
+
 def test_build_happens_once_per_process(monkeypatch):
     """No rebuild for a new lr, new shapes or another dtype: hyperparameters are arguments."""
     assert _fused.compile_seconds is not None and _fused.compile_seconds < 30

@@ -266,12 +266,15 @@ def unavailable_reason() -> str | None:
 _is_cpu = operator.attrgetter("is_cpu")
 _dtype = operator.attrgetter("dtype")
 _layout = operator.attrgetter("layout")
+_shape = operator.attrgetter("shape")
 
 
 def _split(tensor_lists: tuple[list[torch.Tensor], ...]) -> tuple[dict, list[int]]:
     """Indices the kernels take, by dtype, and the indices they leave to the fallback.
 
-    A row qualifies when all its tensors are dense, contiguous CPU tensors of one float dtype.
+    A row qualifies when all its tensors are dense, contiguous CPU tensors of one float dtype
+    and one shape (a row whose shapes differ goes to the fallback, which raises as the
+    single-tensor path does).
     The common case (every row qualifies, one dtype) is checked with ``map`` over whole lists:
     per-row Python costs more than the kernel on thousands of small tensors.
     """
@@ -283,6 +286,7 @@ def _split(tensor_lists: tuple[list[torch.Tensor], ...]) -> tuple[dict, list[int
         and all(map(_is_cpu, every))
         and all(layout == torch.strided for layout in set(map(_layout, every)))
         and all(map(torch.Tensor.is_contiguous, every))
+        and _same_shapes(tensor_lists)
     ):
         return {next(iter(dtypes)): None}, []
     by_dtype: dict[torch.dtype, list[int] | None] = {}
@@ -298,11 +302,17 @@ def _split(tensor_lists: tuple[list[torch.Tensor], ...]) -> tuple[dict, list[int
                 for t in row
             )
             and all(t.is_contiguous() for t in row)
+            and all(t.shape == first.shape for t in row)
         ):
             by_dtype.setdefault(dtype, []).append(index)
         else:
             rest.append(index)
     return by_dtype, rest
+
+
+def _same_shapes(tensor_lists: tuple[list[torch.Tensor], ...]) -> bool:
+    shapes = list(map(_shape, tensor_lists[0]))
+    return all(list(map(_shape, tensors)) == shapes for tensors in tensor_lists[1:])
 
 
 def _call(name: str, dtype: torch.dtype, lists, indices: list[int] | None, hp: list[float]):
@@ -451,12 +461,13 @@ _LAYOUTS = {
 _grad = operator.attrgetter("grad")
 _data_ptr = torch.Tensor.data_ptr
 _is_contiguous = torch.Tensor.is_contiguous
+_numel = torch.Tensor.numel
 
 
 class _Plan:
     __slots__ = (
-        "count", "dtype", "function", "grad_slot", "keep", "param_list", "param_ptrs", "params",
-        "pointers", "sizes", "state", "steps",
+        "count", "dtype", "function", "grad_slot", "keep", "numels", "param_list", "param_ptrs",
+        "params", "pointers", "sizes", "state", "steps",
     )  # fmt: skip
 
     def __init__(self, optimizer: Any, params: list[torch.Tensor], kind: str) -> None:
@@ -496,7 +507,8 @@ class _Plan:
         self.pointers.extend(itertools.repeat(0, self.count))
         self.pointers.extend(map(_data_ptr, itertools.chain.from_iterable(after)))
         self.steps = array.array("Q", map(_data_ptr, steps))
-        self.sizes = array.array("q", map(torch.Tensor.numel, params))
+        self.numels = list(map(torch.Tensor.numel, params))
+        self.sizes = array.array("q", self.numels)
 
 
 _plans: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -541,9 +553,16 @@ def planned_step(optimizer: Any, index: int, kind: str, hp: list[float]) -> bool
     grads = list(map(_grad, params))
     try:
         grad_ptrs = array.array("Q", map(_data_ptr, grads))  # TypeError: a missing gradient
-        # torch keeps a gradient's device and shape equal to its parameter's; its strides
-        # and (with ``grad_dtype``) dtype are free. is_contiguous raises for sparse layouts.
-        if set(map(_dtype, grads)) != {plan.dtype} or not all(map(_is_contiguous, grads)):
+        # torch keeps a gradient's device and shape equal to its parameter's current ones; its
+        # strides and (with ``grad_dtype``) dtype are free. The sizes are checked against the
+        # plan's: ``p.data = p.data[:k]`` keeps the pointer and shrinks the parameter (and
+        # its next gradient), and the kernel must never read past a gradient's end.
+        # is_contiguous raises for sparse layouts.
+        if (
+            set(map(_dtype, grads)) != {plan.dtype}
+            or not all(map(_is_contiguous, grads))
+            or list(map(_numel, grads)) != plan.numels
+        ):
             return False
     except (TypeError, RuntimeError):
         return False
