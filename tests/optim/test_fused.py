@@ -232,7 +232,7 @@ def test_plan_follows_changes(cls, planned):
 def test_plan_never_reads_past_a_shrunk_gradient(update, planned):
     """``p.data = p.data[:k]`` keeps the data pointer and shrinks the parameter and its next
     gradient: the plan must not run (its sizes are the old ones); the general path raises on
-    the stale state, as the single-tensor path does."""
+    the stale state, as the single-tensor path does; with fresh state the plan runs again."""
     cls = Lion if update.startswith("Lion") else Sophia
     kwargs = {"bs": 4} if cls is Sophia else {}
     p, q = torch.nn.Parameter(torch.randn(17, 33)), torch.nn.Parameter(torch.randn(4))
@@ -250,6 +250,11 @@ def test_plan_never_reads_past_a_shrunk_gradient(update, planned):
     with pytest.raises(RuntimeError, match="must match"):
         run()
     assert planned[-1] is False
+    del optimizer.state[p]  # fresh state in the new shape: the plan is rebuilt and runs
+    for _ in range(2):
+        p.grad, q.grad = torch.randn(p.shape), torch.randn(4)
+        run()
+    assert planned[-1] is True
 
 
 def test_build_happens_once_per_process(monkeypatch):

@@ -554,17 +554,16 @@ def planned_step(optimizer: Any, index: int, kind: str, hp: list[float]) -> bool
     try:
         grad_ptrs = array.array("Q", map(_data_ptr, grads))  # TypeError: a missing gradient
         # torch keeps a gradient's device and shape equal to its parameter's current ones; its
-        # strides and (with ``grad_dtype``) dtype are free. The sizes are checked against the
-        # plan's: ``p.data = p.data[:k]`` keeps the pointer and shrinks the parameter (and
-        # its next gradient), and the kernel must never read past a gradient's end.
-        # is_contiguous raises for sparse layouts.
-        if (
-            set(map(_dtype, grads)) != {plan.dtype}
-            or not all(map(_is_contiguous, grads))
-            or list(map(_numel, grads)) != plan.numels
-        ):
+        # strides and (with ``grad_dtype``) dtype are free. is_contiguous raises for sparse
+        # layouts.
+        if set(map(_dtype, grads)) != {plan.dtype} or not all(map(_is_contiguous, grads)):
             return False
     except (TypeError, RuntimeError):
+        return False
+    # ``p.data = p.data[:k]`` keeps the pointer and shrinks the parameter and its next
+    # gradient: the kernel must never read past a gradient's end, and the plan is stale.
+    if list(map(_numel, grads)) != plan.numels:
+        del plans[key]
         return False
     slot = plan.grad_slot
     plan.pointers[slot : slot + plan.count] = grad_ptrs
