@@ -297,9 +297,9 @@ def run_layout(
             row["note"] = f"not installed ({error})"
             continue
         if device == "cpu" and contender.name.startswith("descent") and "fused" in contender.name:
-            from descent.optim import _fused
+            from descent.optim import _kernels
 
-            cold = _fused.compile_seconds
+            cold = _kernels.compile_seconds
         row["compile"] = cold if cold is not None else (first if compiled else None)
         # Time to the first step: build/compile (cold, from the child for compiled ones) + step.
         row["first"] = max(first, cold) if compiled else first

@@ -14,7 +14,7 @@ import warnings
 import pytest
 import torch
 
-from descent.optim import Lion, Sophia, _compiled, _fused
+from descent.optim import Lion, Sophia, _compiled, _fused, _kernels
 
 pytestmark = pytest.mark.skipif(
     not _fused.available(), reason=f"fused kernels unavailable: {_fused.unavailable_reason()}"
@@ -259,12 +259,12 @@ def test_plan_never_reads_past_a_shrunk_gradient(update, planned):
 
 def test_build_happens_once_per_process(monkeypatch):
     """No rebuild for a new lr, new shapes or another dtype: hyperparameters are arguments."""
-    assert _fused.compile_seconds is not None and _fused.compile_seconds < 30
+    assert _kernels.compile_seconds is not None and _kernels.compile_seconds < 30
 
     def no_rebuild(*_args, **_kwargs):
         raise AssertionError("kernels rebuilt")
 
-    monkeypatch.setattr(_fused, "_build", no_rebuild)
+    monkeypatch.setattr(_kernels, "_build", no_rebuild)
     for dtype, lr in ((torch.float32, 1e-3), (torch.float64, 2e-3), (torch.float32, 5e-4)):
         p = torch.nn.Parameter(torch.randn(int(lr * 1e4), dtype=dtype))
         p.grad = torch.ones_like(p)
@@ -298,8 +298,8 @@ def test_path_arguments_are_validated(monkeypatch):
     with pytest.raises(TypeError, match="Invalid fused"):
         Sophia([p], fused="yes")
     p.grad = torch.ones(3)
-    monkeypatch.setattr(_fused, "_library", None)
-    monkeypatch.setattr(_fused, "_failure", "no C compiler found (set CC)")
+    monkeypatch.setattr(_kernels, "_library", None)
+    monkeypatch.setattr(_kernels, "_failure", "no C compiler found (set CC)")
     with pytest.raises(RuntimeError, match="no C compiler"):
         Lion([p], fused=True).step()
     Lion([p]).step()  # fused=None quietly falls back
