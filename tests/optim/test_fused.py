@@ -14,7 +14,7 @@ import warnings
 import pytest
 import torch
 
-from descent.optim import Lion, Sophia, _fused
+from descent.optim import Lion, Sophia, _compiled, _fused, _kernels
 
 pytestmark = pytest.mark.skipif(
     not _fused.available(), reason=f"fused kernels unavailable: {_fused.unavailable_reason()}"
@@ -199,7 +199,8 @@ def test_rows_the_kernel_cannot_take_fall_back(cls, kernel_calls):
 def test_plan_follows_changes(cls, planned):
     """The cached plan never runs stale: a parameter whose storage moved, a non-contiguous
     gradient, a missing gradient and a reloaded state each take the general path for that
-    step, and every step still equals the single-tensor path."""
+    step, and every step still equals the single-tensor path. (Sophia: the same for the
+    curvature update's plan, which runs after every step here.)"""
     kwargs = {"bs": 4} if cls is Sophia else {}
     runs = []
     for path in ("single", "fused"):
@@ -218,19 +219,52 @@ def test_plan_follows_changes(cls, planned):
             if step == 6:
                 optimizer.load_state_dict(optimizer.state_dict())
             optimizer.step()
+            if cls is Sophia:
+                optimizer.update_hessian()
         runs.append(_snapshot(optimizer, params))
     _assert_identical(*runs)
     assert planned.count(True) >= 4 and planned.count(False) >= 4
+    if cls is Sophia:  # both plans ran: the step's and the curvature update's
+        assert sum(planned) >= 8
+
+
+@pytest.mark.parametrize("update", ["Lion.step", "Sophia.step", "Sophia.update_hessian"])
+def test_plan_never_reads_past_a_shrunk_gradient(update, planned):
+    """``p.data = p.data[:k]`` keeps the data pointer and shrinks the parameter and its next
+    gradient: the plan must not run (its sizes are the old ones); the general path raises on
+    the stale state, as the single-tensor path does; with fresh state the plan runs again."""
+    cls = Lion if update.startswith("Lion") else Sophia
+    kwargs = {"bs": 4} if cls is Sophia else {}
+    p, q = torch.nn.Parameter(torch.randn(17, 33)), torch.nn.Parameter(torch.randn(4))
+    optimizer = cls([p, q], lr=1e-2, fused=True, **kwargs)
+    run = optimizer.update_hessian if update.endswith("update_hessian") else optimizer.step
+    for _ in range(2):
+        p.grad, q.grad = torch.randn(p.shape), torch.randn(4)
+        optimizer.step()
+        run()
+    assert planned[-1] is True
+    pointer = p.data_ptr()
+    p.data = p.data[:8]
+    assert p.data_ptr() == pointer
+    p.grad, q.grad = torch.randn(p.shape), torch.randn(4)
+    with pytest.raises(RuntimeError, match="must match"):
+        run()
+    assert planned[-1] is False
+    del optimizer.state[p]  # fresh state in the new shape: the plan is rebuilt and runs
+    for _ in range(2):
+        p.grad, q.grad = torch.randn(p.shape), torch.randn(4)
+        run()
+    assert planned[-1] is True
 
 
 def test_build_happens_once_per_process(monkeypatch):
     """No rebuild for a new lr, new shapes or another dtype: hyperparameters are arguments."""
-    assert _fused.compile_seconds is not None and _fused.compile_seconds < 30
+    assert _kernels.compile_seconds is not None and _kernels.compile_seconds < 30
 
     def no_rebuild(*_args, **_kwargs):
         raise AssertionError("kernels rebuilt")
 
-    monkeypatch.setattr(_fused, "_build", no_rebuild)
+    monkeypatch.setattr(_kernels, "_build", no_rebuild)
     for dtype, lr in ((torch.float32, 1e-3), (torch.float64, 2e-3), (torch.float32, 5e-4)):
         p = torch.nn.Parameter(torch.randn(int(lr * 1e4), dtype=dtype))
         p.grad = torch.ones_like(p)
@@ -264,8 +298,8 @@ def test_path_arguments_are_validated(monkeypatch):
     with pytest.raises(TypeError, match="Invalid fused"):
         Sophia([p], fused="yes")
     p.grad = torch.ones(3)
-    monkeypatch.setattr(_fused, "_library", None)
-    monkeypatch.setattr(_fused, "_failure", "no C compiler found (set CC)")
+    monkeypatch.setattr(_kernels, "_library", None)
+    monkeypatch.setattr(_kernels, "_failure", "no C compiler found (set CC)")
     with pytest.raises(RuntimeError, match="no C compiler"):
         Lion([p], fused=True).step()
     Lion([p]).step()  # fused=None quietly falls back
@@ -305,7 +339,7 @@ def test_compiled_graphs_match_single_tensor():
         _single_tensor_lion(
             eager["p"], grads, eager["m"], lr=lr, beta1=0.9, beta2=0.99, weight_decay=0.1
         )
-        _fused.compiled_step(
+        _compiled.compiled_step(
             "lion", graph["p"], grads, graph["m"], hp=_fused.lion_scalars(lr, 0.9, 0.99, 0.1)
         )
     for expected, actual in zip(eager["p"] + eager["m"], graph["p"] + graph["m"]):
@@ -318,13 +352,13 @@ def test_compiled_graphs_match_single_tensor():
         hp = dict(lr=lr, beta1=0.9, rho_bs=0.2, weight_decay=0.1, eps=1e-15)
         steps = [torch.tensor(0.0) for _ in shapes]
         _single_tensor_sophia(eager["p"], grads, eager["m"], eager["h"], steps, **hp)
-        _fused.compiled_step(
+        _compiled.compiled_step(
             "sophia", graph["p"], grads, graph["m"], graph["h"], hp=_fused.sophia_scalars(**hp)
         )
         estimates = [torch.randn(s, generator=generator) for s in shapes]
         for h, e in zip(eager["h"], estimates):
             h.mul_(0.99).addcmul_(e, e, value=0.01)
-        _fused.compiled_step("hessian", graph["h"], estimates, hp=[0.99, 0.01], square=True)
+        _compiled.compiled_step("hessian", graph["h"], estimates, hp=[0.99, 0.01], square=True)
     for expected, actual in zip(
         eager["p"] + eager["m"] + eager["h"], graph["p"] + graph["m"] + graph["h"]
     ):

@@ -6,270 +6,44 @@ allocate a temporary per operation and pass over memory 4-10 times. Here each up
 loop over all of a group's tensors, with everything between the loads and the stores kept in
 registers.
 
-CPU route: a small C kernel compiled once per process (and cached on disk) with the system C
-compiler, loaded through ``ctypes`` and called once per param group and dtype with arrays of
-the tensors' data pointers. Why not torch.compile/inductor: compiled over lists of tensors it
-generates one kernel per tensor, so compile time grows with the tensor count (minutes, or
-never, for 2,000 tensors), and a compiled single-tensor kernel called per tensor pays a guard
-check per call. The C kernel takes any number of tensors for one call, needs about a second to
-build, and hyperparameters are plain arguments, so a changing learning rate never recompiles.
-
-The arithmetic is the single-tensor path's, operation for operation, with ``fma`` exactly
-where ATen's CPU kernels fuse (``add(alpha=)`` and ``addcmul``: measured, not assumed), so the
-results are bitwise equal to the single-tensor path; the tests check it.
+CPU route: a small C kernel (:mod:`descent.optim._kernels`: source, build, load) called once
+per param group and dtype with arrays of the tensors' data pointers; its results are bitwise
+equal to the single-tensor path's. After the first step a cached plan per group and update
+keeps the pointers (the end of this module).
 
 Rows the kernel cannot take (non-contiguous, half precision) are handed back to the caller,
 which runs them on the foreach path. On accelerators, ``fused=True`` runs the same updates
-through torch.compile (see the end of this module).
+through torch.compile (:mod:`descent.optim._compiled`).
 """
 
 from __future__ import annotations
 
 import array
-import ctypes
-import hashlib
 import itertools
 import operator
-import os
-import platform
-import shutil
-import subprocess
-import sys
-import tempfile
-import threading
-import time
 import weakref
-from pathlib import Path
 from typing import Any
 
 import torch
 
-_SOURCE = r"""
-#include <stdint.h>
-#include <math.h>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
+from descent.optim import _kernels
+from descent.optim._compiled import compiled_step
+from descent.optim._kernels import _DTYPES, _load, available, unavailable_reason
 
-/* Elements per thread below which the work stays on one thread. */
-#define MIN_PER_THREAD 32768
-
-typedef void (*segment_fn)(void **ptrs, int64_t count, int64_t t, int64_t lo, int64_t hi,
-                           const double *hp);
-
-/* Split the concatenation of all tensors into one contiguous range per thread (aligned to
-   16 elements) and let each thread walk the tensors that overlap its range. */
-static void run(segment_fn fn, void **ptrs, int64_t count, const int64_t *sizes,
-                const double *hp, int threads) {
-    int64_t total = 0;
-    for (int64_t t = 0; t < count; t++) total += sizes[t];
-    if (threads < 1) threads = 1;
-    if (total / MIN_PER_THREAD < threads) threads = (int)(total / MIN_PER_THREAD);
-    if (threads < 1) threads = 1;
-#pragma omp parallel num_threads(threads) if (threads > 1)
-    {
-        int id = 0, n = 1;
-#ifdef _OPENMP
-        id = omp_get_thread_num();
-        n = omp_get_num_threads();
-#endif
-        int64_t blocks = (total + 15) / 16;
-        int64_t begin = (blocks * id / n) * 16, end = (blocks * (id + 1) / n) * 16;
-        if (end > total) end = total;
-        int64_t offset = 0;
-        for (int64_t t = 0; t < count && offset < end; t++) {
-            int64_t lo = begin > offset ? begin - offset : 0;
-            int64_t hi = end - offset < sizes[t] ? end - offset : sizes[t];
-            if (lo < hi) fn(ptrs, count, t, lo, hi, hp);
-            offset += sizes[t];
-        }
-    }
-}
-
-#define SIGN(T, x) ((T)(((x) > 0) - ((x) < 0)))
-
-/* hp: decay = 1 - lr*wd, -lr, beta1, 1 - beta1, beta2, 1 - beta2 (doubles, cast like ATen
-   casts a Python scalar). ptrs: p[count], g[count], m[count]. */
-#define LION(T, FMA, NAME)                                                                  \
-static void NAME##_segment(void **ptrs, int64_t count, int64_t t, int64_t lo, int64_t hi,   \
-                           const double *hp) {                                              \
-    T *restrict p = (T *)ptrs[t];                                                           \
-    const T *restrict g = (const T *)ptrs[count + t];                                       \
-    T *restrict m = (T *)ptrs[2 * count + t];                                               \
-    const T decay = (T)hp[0], neg_lr = (T)hp[1], b1 = (T)hp[2], a1 = (T)hp[3];              \
-    const T b2 = (T)hp[4], a2 = (T)hp[5];                                                   \
-    for (int64_t i = lo; i < hi; i++) {                                                     \
-        T gi = g[i], mi = m[i];                                                             \
-        T c = FMA(gi, a1, mi * b1);                                                         \
-        p[i] = FMA(SIGN(T, c), neg_lr, p[i] * decay);                                       \
-        m[i] = FMA(gi, a2, mi * b2);                                                        \
-    }                                                                                       \
-}                                                                                           \
-void NAME(void **ptrs, int64_t count, const int64_t *sizes, const double *hp, int threads) {\
-    run(NAME##_segment, ptrs, count, sizes, hp, threads);                                   \
-}
-
-/* hp: decay = 1 - lr*wd, -lr, beta1, 1 - beta1, rho*bs, eps.
-   ptrs: p, g, m, h (count each). */
-#define SOPHIA(T, FMA, NAME)                                                                \
-static void NAME##_segment(void **ptrs, int64_t count, int64_t t, int64_t lo, int64_t hi,   \
-                           const double *hp) {                                              \
-    T *restrict p = (T *)ptrs[t];                                                           \
-    const T *restrict g = (const T *)ptrs[count + t];                                       \
-    T *restrict m = (T *)ptrs[2 * count + t];                                               \
-    const T *restrict h = (const T *)ptrs[3 * count + t];                                   \
-    const T decay = (T)hp[0], neg_lr = (T)hp[1], b1 = (T)hp[2], a1 = (T)hp[3];              \
-    const T rho_bs = (T)hp[4], eps = (T)hp[5];                                              \
-    for (int64_t i = lo; i < hi; i++) {                                                     \
-        T mi = FMA(g[i], a1, m[i] * b1);                                                    \
-        T hi_ = h[i];                                                                       \
-        T den = (hi_ < 0 ? (T)0 : hi_) * rho_bs + eps;                                      \
-        T r = (mi < 0 ? -mi : mi) / den;                                                    \
-        r = r > (T)1 ? (T)1 : r;                                                            \
-        m[i] = mi;                                                                          \
-        p[i] = FMA(SIGN(T, mi) * neg_lr, r, p[i] * decay);                                  \
-    }                                                                                       \
-}                                                                                           \
-void NAME(void **ptrs, int64_t count, const int64_t *sizes, const double *hp, int threads) {\
-    run(NAME##_segment, ptrs, count, sizes, hp, threads);                                   \
-}
-
-/* hp: beta2, 1 - beta2, square (1: fold in e*e, GNB; 0: fold in e, Hutchinson).
-   ptrs: h, e (count each). */
-#define HESSIAN(T, FMA, NAME)                                                               \
-static void NAME##_segment(void **ptrs, int64_t count, int64_t t, int64_t lo, int64_t hi,   \
-                           const double *hp) {                                              \
-    T *restrict h = (T *)ptrs[t];                                                           \
-    const T *restrict e = (const T *)ptrs[count + t];                                       \
-    const T b2 = (T)hp[0], a2 = (T)hp[1];                                                   \
-    if (hp[2] != 0) {                                                                       \
-        for (int64_t i = lo; i < hi; i++) h[i] = FMA(a2 * e[i], e[i], h[i] * b2);           \
-    } else {                                                                                \
-        for (int64_t i = lo; i < hi; i++) h[i] = FMA(e[i], a2, h[i] * b2);                  \
-    }                                                                                       \
-}                                                                                           \
-void NAME(void **ptrs, int64_t count, const int64_t *sizes, const double *hp, int threads) {\
-    run(NAME##_segment, ptrs, count, sizes, hp, threads);                                   \
-}
-
-LION(float, fmaf, lion_float32)
-LION(double, fma, lion_float64)
-SOPHIA(float, fmaf, sophia_float32)
-SOPHIA(double, fma, sophia_float64)
-HESSIAN(float, fmaf, hessian_float32)
-HESSIAN(double, fma, hessian_float64)
-
-void add_one_float32(float **steps, int64_t count) {
-    for (int64_t t = 0; t < count; t++) *steps[t] += 1.0f;
-}
-"""
-
-# -ffp-contract=off: no fused multiply-add except the explicit fma() calls above, which sit
-# exactly where ATen's kernels fuse; anything else would change the last bit.
-_FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-shared", "-fPIC"]
-_DTYPES = {torch.float32: "float32", torch.float64: "float64"}
-
-_lock = threading.Lock()
-_library: ctypes.CDLL | None = None
-_failure: str | None = None
-compile_seconds: float | None = None
-"""Seconds this process spent building (or loading from the disk cache) the kernels."""
-
-
-def _cache_dir() -> Path:
-    root = os.environ.get("DESCENT_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "descent"
-    )
-    return Path(root) / "fused"
-
-
-def _build(compiler: str, target: Path) -> None:
-    with tempfile.TemporaryDirectory() as scratch:
-        source = Path(scratch) / "fused.c"
-        source.write_text(_SOURCE)
-        output = Path(scratch) / "fused.so"
-        for openmp in (["-fopenmp"], []):
-            command = [compiler, *_FLAGS, *openmp, str(source), "-o", str(output), "-lm"]
-            result = subprocess.run(command, capture_output=True, text=True, check=False)
-            if result.returncode == 0:
-                break
-        else:
-            raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-2000:]}")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staged = target.with_suffix(f".{os.getpid()}.tmp")
-        shutil.copyfile(output, staged)
-        os.replace(staged, target)
-
-
-def _load() -> ctypes.CDLL | None:
-    """Build (first use) or load the kernels; ``None`` where no C compiler works."""
-    global _library, _failure, compile_seconds
-    if _library is not None or _failure is not None:
-        return _library
-    with _lock:
-        if _library is not None or _failure is not None:
-            return _library
-        started = time.perf_counter()
-        compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-        if compiler is None or sys.platform == "win32":
-            _failure = "no C compiler found (set CC)"
-            return None
-        # -march=native binds the binary to this processor: the key names it.
-        key = hashlib.sha256(
-            "\0".join([_SOURCE, compiler, *_FLAGS, platform.machine(), _cpu_name()]).encode()
-        ).hexdigest()[:16]
-        target = _cache_dir() / f"fused-{key}.so"
-        try:
-            if not target.exists():
-                _build(compiler, target)
-            library = ctypes.CDLL(str(target))
-        except (OSError, RuntimeError) as error:
-            _failure = str(error)
-            return None
-        kernel = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
-        for name in ("lion", "sophia", "hessian"):
-            for dtype in _DTYPES.values():
-                function = getattr(library, f"{name}_{dtype}")
-                function.argtypes = kernel
-                function.restype = None
-        library.add_one_float32.argtypes = [ctypes.c_void_p, ctypes.c_int64]
-        library.add_one_float32.restype = None
-        _library = library
-        compile_seconds = time.perf_counter() - started
-        return _library
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as info:
-            for line in info:
-                if line.startswith(("model name", "flags")):
-                    return line
-    except OSError:
-        pass
-    return platform.processor()
-
-
-def available(device: torch.device | str = "cpu") -> bool:
-    """Whether the fused kernels can run on ``device`` (building them on first call)."""
-    return torch.device(device).type == "cpu" and _load() is not None
-
-
-def unavailable_reason() -> str | None:
-    """Why :func:`available` is false on CPU, or ``None``."""
-    _load()
-    return _failure
-
+__all__ = ["available", "forget", "hessian", "lion", "planned_step", "sophia", "unavailable_reason"]
 
 _is_cpu = operator.attrgetter("is_cpu")
 _dtype = operator.attrgetter("dtype")
 _layout = operator.attrgetter("layout")
+_shape = operator.attrgetter("shape")
 
 
 def _split(tensor_lists: tuple[list[torch.Tensor], ...]) -> tuple[dict, list[int]]:
     """Indices the kernels take, by dtype, and the indices they leave to the fallback.
 
-    A row qualifies when all its tensors are dense, contiguous CPU tensors of one float dtype.
+    A row qualifies when all its tensors are dense, contiguous CPU tensors of one float dtype
+    and one shape (a row whose shapes differ goes to the fallback, which raises as the
+    single-tensor path does).
     The common case (every row qualifies, one dtype) is checked with ``map`` over whole lists:
     per-row Python costs more than the kernel on thousands of small tensors.
     """
@@ -281,6 +55,7 @@ def _split(tensor_lists: tuple[list[torch.Tensor], ...]) -> tuple[dict, list[int
         and all(map(_is_cpu, every))
         and all(layout == torch.strided for layout in set(map(_layout, every)))
         and all(map(torch.Tensor.is_contiguous, every))
+        and _same_shapes(tensor_lists)
     ):
         return {next(iter(dtypes)): None}, []
     by_dtype: dict[torch.dtype, list[int] | None] = {}
@@ -296,6 +71,7 @@ def _split(tensor_lists: tuple[list[torch.Tensor], ...]) -> tuple[dict, list[int
                 for t in row
             )
             and all(t.is_contiguous() for t in row)
+            and all(t.shape == first.shape for t in row)
         ):
             by_dtype.setdefault(dtype, []).append(index)
         else:
@@ -303,11 +79,16 @@ def _split(tensor_lists: tuple[list[torch.Tensor], ...]) -> tuple[dict, list[int
     return by_dtype, rest
 
 
+def _same_shapes(tensor_lists: tuple[list[torch.Tensor], ...]) -> bool:
+    shapes = list(map(_shape, tensor_lists[0]))
+    return all(list(map(_shape, tensors)) == shapes for tensors in tensor_lists[1:])
+
+
 def _call(name: str, dtype: torch.dtype, lists, indices: list[int] | None, hp: list[float]):
     """Run kernel ``name`` over rows ``indices`` of ``lists`` (``None``: every row)."""
     library = _load()
     if library is None:
-        raise RuntimeError(f"fused kernels are unavailable: {_failure}")
+        raise RuntimeError(f"fused kernels are unavailable: {_kernels._failure}")
     if indices is not None:
         lists = _rows(lists, indices)
     pointers = array.array("Q", map(torch.Tensor.data_ptr, itertools.chain.from_iterable(lists)))
@@ -432,21 +213,30 @@ def sophia_scalars(
 #
 # On thousands of small tensors even list-wide checks cost a large part of the kernel's time.
 # After the first step, a group whose every parameter has a gradient and whose every row the
-# kernel takes keeps its parameter and state pointers in a plan; a step then only reads the
-# gradients, checks they are contiguous, and checks that no parameter's storage moved. The
-# plan holds references to the state tensors (so its pointers never dangle) and is dropped
-# when the optimizer's state dict is replaced (load_state_dict) or the group's parameters
-# change.
+# kernel takes keeps its parameter and state pointers in a plan (one per group and update:
+# the Lion or Sophia step, Sophia's GNB curvature update); a step then only reads the
+# gradients, checks they are contiguous and of the plan's dtype, and checks that no
+# parameter's storage moved. The plan holds references to the state tensors (so its pointers
+# never dangle) and is dropped when the optimizer's state dict is replaced (load_state_dict) or
+# the group's parameters change.
 
-_STATE_KEYS = {"lion": ("exp_avg",), "sophia": ("exp_avg", "hessian")}
+# kind -> (whether the parameters' pointers lead, state keys whose pointers come before the
+# gradients', state keys after them): the kernels' pointer layout.
+_LAYOUTS = {
+    "lion": (True, (), ("exp_avg",)),  # p, g, m
+    "sophia": (True, (), ("exp_avg", "hessian")),  # p, g, m, h
+    "hessian": (False, ("hessian",), ()),  # h, e (the estimate is the gradient: GNB)
+}
 _grad = operator.attrgetter("grad")
 _data_ptr = torch.Tensor.data_ptr
+_is_contiguous = torch.Tensor.is_contiguous
+_numel = torch.Tensor.numel
 
 
 class _Plan:
     __slots__ = (
-        "dtype", "keep", "param_list", "param_ptrs", "params", "sizes", "state", "state_ptrs",
-        "steps",
+        "count", "dtype", "function", "grad_slot", "keep", "numels", "param_list", "param_ptrs",
+        "params", "pointers", "sizes", "state", "steps",
     )  # fmt: skip
 
     def __init__(self, optimizer: Any, params: list[torch.Tensor], kind: str) -> None:
@@ -457,21 +247,37 @@ class _Plan:
         self.state = optimizer.state
         self.dtype = None  # None: the kernel cannot take every row; use the general path
         states = [optimizer.state.get(p) for p in params]
-        if not all(states) or _load() is None:
+        library = _load()
+        if not all(states) or library is None:
             return
-        tensors = [[state[key] for state in states] for key in _STATE_KEYS[kind]]
-        by_dtype, rest = _split((params, *tensors))
+        lead, before_keys, after_keys = _LAYOUTS[kind]
+        try:
+            before = [[state[key] for state in states] for key in before_keys]
+            after = [[state[key] for state in states] for key in after_keys]
+        except KeyError:
+            return
+        by_dtype, rest = _split((params, *before, *after))
         if rest or len(by_dtype) != 1:
             return
         steps = [state["step"] for state in states] if kind == "sophia" else []
         if steps and not (set(map(_dtype, steps)) == {torch.float32} and all(map(_is_cpu, steps))):
             return
         self.dtype = next(iter(by_dtype))
-        self.keep = (tensors, steps)
-        self.param_ptrs = array.array("Q", map(_data_ptr, params))
-        self.state_ptrs = array.array("Q", map(_data_ptr, itertools.chain.from_iterable(tensors)))
+        self.function = getattr(library, f"{kind}_{_DTYPES[self.dtype]}")
+        self.keep = (before, after, steps)
+        self.count = len(params)
+        self.param_ptrs = list(map(_data_ptr, params))
+        # The kernel's pointer array, reused every step: only the gradients' slots change.
+        head = (self.param_ptrs if lead else []) + [
+            pointer for tensors in before for pointer in map(_data_ptr, tensors)
+        ]
+        self.grad_slot = len(head)
+        self.pointers = array.array("Q", head)
+        self.pointers.extend(itertools.repeat(0, self.count))
+        self.pointers.extend(map(_data_ptr, itertools.chain.from_iterable(after)))
         self.steps = array.array("Q", map(_data_ptr, steps))
-        self.sizes = array.array("q", map(torch.Tensor.numel, params))
+        self.numels = list(map(torch.Tensor.numel, params))
+        self.sizes = array.array("q", self.numels)
 
 
 _plans: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -483,104 +289,61 @@ def forget(optimizer: Any) -> None:
 
 
 def planned_step(optimizer: Any, index: int, kind: str, hp: list[float]) -> bool:
-    """Run group ``index``'s step (``kind``: "lion" or "sophia") from its plan.
+    """Run group ``index``'s update ``kind`` ("lion", "sophia" or "hessian", the GNB
+    curvature update from the gradients) from its plan.
 
     Returns False, having done nothing, where the plan does not apply: the first step (no
     state yet), a parameter without gradient, a non-contiguous gradient, a moved parameter, a
     row the kernel cannot take. The caller then takes the general path.
     """
     params = optimizer.param_groups[index]["params"]
-    plans = _plans.setdefault(optimizer, {})
-    plan = plans.get(index)
+    plans = _plans.get(optimizer)
+    if plans is None:
+        plans = _plans[optimizer] = {}
+    key = (index, kind)
+    plan = plans.get(key)
     if (
         plan is None
         or plan.param_list is not params
         or len(plan.params) != len(params)
         or plan.state is not optimizer.state
     ):
-        plan = plans[index] = _Plan(optimizer, params, kind)
+        plan = plans[key] = _Plan(optimizer, params, kind)
     if plan.dtype is None:
         if not optimizer.state.get(params[0]):
-            del plans[index]  # first step: build the plan once the state exists
+            del plans[key]  # first step: build the plan once the state exists
         return False
-    # Every check below is one pass over the list in C (map), as few as safety allows: on
-    # thousands of small tensors each pass costs a few percent of the step.
-    pointers = array.array("Q", map(_data_ptr, params))
-    if pointers != plan.param_ptrs:  # a parameter's storage moved (or another took its slot)
-        del plans[index]
+    # Each check below is one pass over the list in C (map), as few as safety allows: on
+    # thousands of small tensors the tensors' metadata is usually out of cache (the previous
+    # step streamed hundreds of MiB), and each pass costs a few percent of the step.
+    if list(map(_data_ptr, params)) != plan.param_ptrs:
+        del plans[key]  # a parameter's storage moved (or another took its slot)
         return False
     grads = list(map(_grad, params))
     try:
-        pointers.extend(map(_data_ptr, grads))  # TypeError: a parameter without gradient
-        # torch keeps a gradient's device and shape equal to its parameter's; its strides
-        # and (with ``grad_dtype``) dtype are free. is_contiguous raises for sparse layouts.
-        if set(map(_dtype, grads)) != {plan.dtype} or not all(
-            map(torch.Tensor.is_contiguous, grads)
-        ):
+        grad_ptrs = array.array("Q", map(_data_ptr, grads))  # TypeError: a missing gradient
+        # torch keeps a gradient's device and shape equal to its parameter's current ones; its
+        # strides and (with ``grad_dtype``) dtype are free. is_contiguous raises for sparse
+        # layouts.
+        if set(map(_dtype, grads)) != {plan.dtype} or not all(map(_is_contiguous, grads)):
             return False
     except (TypeError, RuntimeError):
         return False
-    pointers.extend(plan.state_ptrs)
-    library = _load()
+    # ``p.data = p.data[:k]`` keeps the pointer and shrinks the parameter and its next
+    # gradient: the kernel must never read past a gradient's end, and the plan is stale.
+    if list(map(_numel, grads)) != plan.numels:
+        del plans[key]
+        return False
+    slot = plan.grad_slot
+    plan.pointers[slot : slot + plan.count] = grad_ptrs
     hyper = array.array("d", hp)
-    if kind == "sophia":
-        library.add_one_float32(plan.steps.buffer_info()[0], len(plan.steps))
-    getattr(library, f"{kind}_{_DTYPES[plan.dtype]}")(
-        pointers.buffer_info()[0],
-        len(plan.sizes),
+    if plan.steps:
+        _load().add_one_float32(plan.steps.buffer_info()[0], len(plan.steps))
+    plan.function(
+        plan.pointers.buffer_info()[0],
+        plan.count,
         plan.sizes.buffer_info()[0],
         hyper.buffer_info()[0],
         torch.get_num_threads(),
     )
     return True
-
-
-# -- accelerators: the same update, compiled by torch.compile (Triton on CUDA) -----------------
-#
-# Not measured here (no GPU on the machine this was written on): used only with fused=True.
-# One graph per kind, (device, dtype) bucket and set of shapes, traced once per process;
-# hyperparameters travel in a tensor, so a changing lr never recompiles. The same graphs run
-# on CPU in the tests (inductor's C++ backend), which pins their arithmetic.
-
-
-def _lion_graph(params, grads, exp_avgs, scalars):
-    decay, neg_lr, beta1, one_minus_beta1, beta2, one_minus_beta2 = scalars.unbind()
-    for p, g, m in zip(params, grads, exp_avgs):
-        c = m * beta1 + g * one_minus_beta1
-        p.mul_(decay).add_(torch.sign(c) * neg_lr)
-        m.mul_(beta2).add_(g * one_minus_beta2)
-
-
-def _sophia_graph(params, grads, exp_avgs, hessians, scalars):
-    decay, neg_lr, beta1, one_minus_beta1, rho_bs, eps = scalars.unbind()
-    for p, g, m, h in zip(params, grads, exp_avgs, hessians):
-        m.mul_(beta1).add_(g * one_minus_beta1)
-        ratio = (m.abs() / (h.clamp(min=0) * rho_bs + eps)).clamp(max=1)
-        p.mul_(decay).add_(torch.sign(m) * neg_lr * ratio)
-
-
-def _hessian_graph(hessians, estimates, scalars, square: bool):
-    beta2, one_minus_beta2 = scalars.unbind()
-    for h, e in zip(hessians, estimates):
-        h.mul_(beta2).add_((one_minus_beta2 * e) * e if square else e * one_minus_beta2)
-
-
-_GRAPHS = {"lion": _lion_graph, "sophia": _sophia_graph, "hessian": _hessian_graph}
-_compiled: dict[str, Any] = {}
-
-
-def compiled(kind: str, *lists: list[torch.Tensor], hp: list[float], **options: Any) -> None:
-    """Run update ``kind`` through torch.compile over ``lists`` (one device and dtype)."""
-    if kind not in _compiled:
-        _compiled[kind] = torch.compile(_GRAPHS[kind], fullgraph=True, dynamic=False)
-    first = lists[0][0]
-    scalars = torch.tensor(hp, dtype=first.dtype).to(first.device, non_blocking=True)
-    _compiled[kind](*lists, scalars, **options)
-
-
-def compiled_step(kind: str, *lists: list[torch.Tensor], hp: list[float], **options) -> None:
-    """Bucket ``lists`` by device and dtype and run :func:`compiled` on each bucket."""
-    from descent.optim._base import group_by_device_and_dtype
-
-    for bucket in group_by_device_and_dtype(*lists):
-        compiled(kind, *bucket, hp=hp, **options)

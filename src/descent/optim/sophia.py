@@ -151,8 +151,14 @@ class Sophia(DescentOptimizer):
                 Otherwise a mapping parameter -> estimate of the Hessian diagonal, such as
                 :func:`hutchinson` returns; parameters missing from it are left alone.
         """
-        for group in self.param_groups:
+        for index, group in enumerate(self.param_groups):
             beta2 = group["betas"][1]
+            if (
+                diagonal is None
+                and self._fused_wanted(group)
+                and _fused.planned_step(self, index, "hessian", [beta2, 1 - beta2, 1.0])
+            ):
+                continue
             if diagonal is None:
                 params = self._params_with_grad(group)
                 estimates = [p.grad for p in params]
