@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +24,13 @@ def save_figure(figure: Any, path: str | os.PathLike, dpi: int = 110) -> Path:
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=target.parent, suffix=".png.tmp")
-    os.close(handle)
+    # Opened like any new file (not mkstemp, which is private to the owner): the image gets
+    # the permissions the user's umask gives.
+    temporary = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     try:
         figure.savefig(temporary, dpi=dpi, bbox_inches="tight", format="png")
         os.replace(temporary, target)
     finally:
         pyplot().close(figure)
-        if os.path.exists(temporary):
-            os.unlink(temporary)
+        temporary.unlink(missing_ok=True)
     return target
