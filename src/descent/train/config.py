@@ -14,6 +14,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
+from descent.devices import parse_device
 from descent.optim import OPTIMIZERS
 
 SCHEDULES = ("constant", "step", "cosine", "warmup_cosine", "cyclical", "one_cycle")
@@ -241,8 +242,7 @@ def _validate(config: TrainConfig) -> None:
     if c.tensorboard and c.run_dir is None:
         raise ValueError("tensorboard=True needs run_dir, the folder to write events to")
     _choice("progress", c.progress, PROGRESS_MODES)
-    if not isinstance(c.device, str):
-        raise TypeError(f"Invalid device: {c.device!r} (expected a string such as 'cpu')")
+    parse_device(c.device)  # availability is checked by fit, on the machine that trains
 
 
 def _number(name: str, value: Any) -> float:

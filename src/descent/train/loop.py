@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from descent.devices import resolve_device
 from descent.optim import OPTIMIZERS, create_optimizer, gnb_loss, hutchinson, rgd_loss
 from descent.train.checkpoint import (
     CheckpointError,
@@ -127,7 +128,7 @@ class _Run:
         callbacks: Sequence[Callable[[dict[str, Any]], None]],
     ) -> None:
         self.config = c = config
-        self.device = torch.device(c.device)
+        self.device = resolve_device(c.device)
         self.model = model.to(self.device)
         self.loss_fn, self.metrics, self.callbacks = loss_fn, metrics, list(callbacks)
         dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())

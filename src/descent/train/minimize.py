@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from descent.devices import resolve_device
 from descent.optim import create_optimizer, hutchinson
 
 
@@ -68,6 +69,7 @@ def minimize(
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise ValueError(f"Invalid steps: {steps!r} (allowed: an integer >= 0)")
+    device = resolve_device(device)
     x = torch.as_tensor(np.asarray(x0, dtype=np.float64), dtype=dtype, device=device)
     if x.dim() != 1 or x.numel() == 0:
         raise ValueError(f"x0 must be a non-empty vector, got shape {tuple(x.shape)}")
