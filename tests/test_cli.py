@@ -145,3 +145,34 @@ def test_train_refuses_bad_settings_in_one_line(tmp_path):
         result = runner.invoke(app, ["train", str(tmp_path / "data.csv"), *arguments])
         assert result.exit_code == 2, (arguments, result.output)
         assert message in result.output.replace("\n", " ")
+
+
+def test_minimize_compares_several_optimizers_in_one_table_and_plot(tmp_path):
+    png = tmp_path / "compare.png"
+    result = runner.invoke(
+        app,
+        ["minimize", "ill_conditioned", "-o", "momentum", "-o", "lion", "-o", "sgd",
+         "--lr", "0.005", "--lr", "0.001", "--lr", "0.05", "-n", "300", "--plot", str(png)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    cells = [
+        [cell.strip() for cell in line.split("│")[1:-1]]
+        for line in result.output.splitlines()
+        if line.startswith("│")
+    ]
+    rows = {row[0]: row[1:] for row in cells if row[0]}
+    assert set(rows) == {"momentum", "lion", "sgd"}
+    assert float(rows["momentum"][-1]) < 1e-6  # distance to the minimum
+    assert float(rows["lion"][-1]) > 0.5  # 300 sign steps of 0.001 cover at most 0.42
+    # lr 0.05 is past 2 / lambda_max = 0.02: sgd diverges, flagged under its step count
+    assert rows["sgd"][-1] == "-" and ["", "(diverged)", "", "", "", ""] in cells
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_minimize_pairs_learning_rates_with_optimizers_or_says_how():
+    result = runner.invoke(
+        app,
+        ["minimize", "beale", "-o", "adam", "-o", "lion", "--lr", "1", "--lr", "2", "--lr", "3"],
+    )
+    assert result.exit_code == 2
+    assert "one --lr for all optimizers or one per --optimizer (2), got 3" in result.output

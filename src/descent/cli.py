@@ -58,10 +58,14 @@ def parse_params(pairs: list[str]) -> dict[str, object]:
 def minimize_command(
     landscape: Annotated[str, typer.Argument(help=f"One of: {', '.join(LANDSCAPES)}.")],
     optimizer: Annotated[
-        str, typer.Option("--optimizer", "-o", help="A registered optimizer.")
-    ] = "adam",
+        list[str] | None,
+        typer.Option(
+            "--optimizer", "-o", help="A registered optimizer; repeat to compare several."
+        ),
+    ] = None,
     lr: Annotated[
-        float | None, typer.Option(help="Learning rate (default: the optimizer's).")
+        list[float] | None,
+        typer.Option(help="Learning rate: one for all, or one per --optimizer, in order."),
     ] = None,
     steps: Annotated[int, typer.Option("--steps", "-n", help="Optimizer steps.")] = 1000,
     start: Annotated[
@@ -72,23 +76,45 @@ def minimize_command(
         typer.Option("--param", "-p", help="Other hyperparameters, NAME=VALUE, repeatable."),
     ] = None,
     plot: Annotated[
-        Path | None, typer.Option(help="Save the trajectory over the contours (PNG).")
+        Path | None, typer.Option(help="Save the trajectories over the contours (PNG).")
     ] = None,
 ) -> None:
-    """Run one optimizer on a 2-D landscape and report where it ends."""
+    """Run optimizers on a 2-D landscape and report where each ends."""
+    names = optimizer or ["adam"]
+    lrs = lr or []
+    runs = {}
     try:
         surface = get_landscape(landscape)
-        hyperparameters = parse_params(param or [])
-        if lr is not None:
-            hyperparameters["lr"] = lr
+        if len(lrs) not in (0, 1, len(names)):
+            raise ValueError(
+                f"give one --lr for all optimizers or one per --optimizer ({len(names)}), "
+                f"got {len(lrs)}"
+            )
         x0 = surface.start if start is None else tuple(float(v) for v in start.split(","))
         if len(x0) != 2:
             raise ValueError(f"--start needs two numbers 'x,y', got {start!r}")
-        trajectory = minimize(surface, x0, optimizer, steps, **hyperparameters)
+        for index, name in enumerate(names):
+            hyperparameters = parse_params(param or [])
+            if lrs:
+                hyperparameters["lr"] = lrs[index] if len(lrs) > 1 else lrs[0]
+            label = name if names.count(name) == 1 else f"{name} lr={hyperparameters.get('lr')}"
+            runs[label] = minimize(surface, x0, name, steps, **hyperparameters)
     except (ValueError, TypeError) as error:
         _fail(str(error))
 
-    table = Table(title=f"{optimizer} on {surface.name}, {len(trajectory.path) - 1} steps")
+    if len(runs) == 1:
+        _report_one(surface, names[0], x0, runs[names[0]])
+    else:
+        _report_many(surface, x0, runs)
+    if plot is not None:
+        from descent.lab.report import plot_trajectories
+
+        saved = plot_trajectories(surface, runs, plot)
+        console.print(f"trajectory plot: {saved}")
+
+
+def _report_one(surface, name: str, x0: tuple, trajectory) -> None:
+    table = Table(title=f"{name} on {surface.name}, {len(trajectory.path) - 1} steps")
     table.add_column("")
     table.add_column("x", justify="right")
     table.add_column("y", justify="right")
@@ -107,11 +133,33 @@ def minimize_command(
             f"[bold yellow]diverged at step {trajectory.diverged_at}[/]: the value or the point "
             "stopped being finite; try a smaller --lr"
         )
-    if plot is not None:
-        from descent.lab.report import plot_trajectories
 
-        saved = plot_trajectories(surface, {optimizer: trajectory}, plot)
-        console.print(f"trajectory plot: {saved}")
+
+def _report_many(surface, x0: tuple, runs: dict) -> None:
+    title = f"{surface.name} from ({x0[0]:.6g}, {x0[1]:.6g}), f = {surface(_point(x0)):.6g}"
+    table = Table(title=title)
+    for column in ("optimizer", "steps", "end x", "end y", "loss", "distance to minimum"):
+        justify = "left" if column == "optimizer" else "right"
+        table.add_column(column, justify=justify, overflow="fold")
+    for label, trajectory in runs.items():
+        distance = (
+            f"{surface.nearest_minimum(trajectory.x)[1]:.4g}"
+            if surface.minima and trajectory.diverged_at is None
+            else "-"
+        )
+        steps = str(len(trajectory.path) - 1)
+        if trajectory.diverged_at is not None:
+            steps += " (diverged)"
+        table.add_row(
+            label, steps, *(f"{v:.4g}" for v in trajectory.x), f"{trajectory.loss:.4g}", distance
+        )
+    console.print(table)
+
+
+def _point(xy: tuple):
+    import torch
+
+    return torch.tensor(xy, dtype=torch.float64)
 
 
 @app.command("train")

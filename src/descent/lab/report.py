@@ -29,11 +29,17 @@ def plot_trajectories(
 
     plt = pyplot()
 
-    (x_min, x_max), (y_min, y_max) = landscape.bounds
+    # The view grows to show where the trajectories go, but by at most the landscape's own
+    # width on each side: a diverging run would otherwise zoom out to 1e150.
+    (x_low, x_high), (y_low, y_high) = landscape.bounds
+    x_min, x_max, y_min, y_max = x_low, x_high, y_low, y_high
     for trajectory in trajectories.values():
         finite = trajectory.path[np.isfinite(trajectory.path).all(axis=1)]
         x_min, x_max = min(x_min, finite[:, 0].min()), max(x_max, finite[:, 0].max())
         y_min, y_max = min(y_min, finite[:, 1].min()), max(y_max, finite[:, 1].max())
+    width, height = x_high - x_low, y_high - y_low
+    x_min, x_max = max(x_min, x_low - width), min(x_max, x_high + width)
+    y_min, y_max = max(y_min, y_low - height), min(y_max, y_high + height)
     xs = torch.linspace(x_min, x_max, resolution, dtype=torch.float64)
     ys = torch.linspace(y_min, y_max, resolution, dtype=torch.float64)
     grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1)
@@ -56,10 +62,12 @@ def plot_trajectories(
     else:
         colorbar.set_label("f(x, y)")
     for minimum in landscape.minima:
-        axes.plot(*minimum, marker="*", markersize=14, color="white", markeredgecolor="black")
+        axes.plot(
+            *minimum, marker="*", markersize=14, color="white", markeredgecolor="black", zorder=5
+        )
     for label, trajectory in trajectories.items():
         points = trajectory.path
-        (line,) = axes.plot(points[:, 0], points[:, 1], linewidth=1.4, label=label)
+        (line,) = axes.plot(points[:, 0], points[:, 1], linewidth=1.4, alpha=0.85, label=label)
         axes.plot(*points[0], marker="o", color=line.get_color(), markeredgecolor="black")
         axes.plot(*points[-1], marker="X", markersize=9, color=line.get_color())
     axes.set(xlim=(x_min, x_max), ylim=(y_min, y_max), xlabel="x", ylabel="y", title=landscape.name)
