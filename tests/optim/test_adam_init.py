@@ -120,5 +120,15 @@ def test_refusals_name_the_problem():
         init_second_moment(adam, layer, "data")
     layer(torch.ones(1, 2)).sum().backward()
     adam.step()
-    with pytest.raises(ValueError, match="before the optimizer's first step"):
+    with pytest.raises(ValueError, match=r"before the optimizer's first step \(it has taken 1\)"):
         init_second_moment(adam, layer)
+
+
+def test_filling_again_before_the_first_step_replaces_v0():
+    layer = nn.Linear(3, 2)
+    adam = torch.optim.Adam(layer.parameters())
+    init_second_moment(adam, layer, "random", 1.0, generator=torch.Generator().manual_seed(0))
+    init_second_moment(adam, layer, "random", 4.0, generator=torch.Generator().manual_seed(0))
+    expected = torch.empty(2, 3)
+    nn.init.xavier_normal_(expected, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(adam.state[layer.weight]["exp_avg_sq"], 4.0 * expected**2)

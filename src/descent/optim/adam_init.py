@@ -70,10 +70,12 @@ def init_second_moment(
     for p in params:
         if id(p) not in owned:
             raise ValueError("init_second_moment got a parameter that the optimizer does not hold")
-        if optimizer.state.get(p):
+        # A state at step 0 is one this function filled: filling it again just replaces v0.
+        state = optimizer.state.get(p)
+        if state and float(state.get("step", 0)) != 0:
             raise ValueError(
                 "init_second_moment must run before the optimizer's first step "
-                "(its state is already initialised)"
+                f"(it has taken {int(float(state['step']))})"
             )
 
     if method == "random":
