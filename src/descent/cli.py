@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 from typing import Annotated
 
+import torch
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -136,7 +137,8 @@ def _report_one(surface, name: str, x0: tuple, trajectory) -> None:
 
 
 def _report_many(surface, x0: tuple, runs: dict) -> None:
-    title = f"{surface.name} from ({x0[0]:.6g}, {x0[1]:.6g}), f = {surface(_point(x0)):.6g}"
+    start_value = surface(torch.tensor(x0, dtype=torch.float64))
+    title = f"{surface.name} from ({x0[0]:.6g}, {x0[1]:.6g}), f = {start_value:.6g}"
     table = Table(title=title)
     for column in ("optimizer", "steps", "end x", "end y", "loss", "distance to minimum"):
         justify = "left" if column == "optimizer" else "right"
@@ -154,12 +156,6 @@ def _report_many(surface, x0: tuple, runs: dict) -> None:
             label, steps, *(f"{v:.4g}" for v in trajectory.x), f"{trajectory.loss:.4g}", distance
         )
     console.print(table)
-
-
-def _point(xy: tuple):
-    import torch
-
-    return torch.tensor(xy, dtype=torch.float64)
 
 
 @app.command("train")

@@ -54,6 +54,28 @@ def load_table(path: str | Path, target: str | None = None) -> tuple[np.ndarray,
     return np.delete(table, column, axis=1), table[:, column]
 
 
+def check_task(task: str) -> None:
+    """Refuse a task other than regression or classification, naming both."""
+    if task not in TASKS:
+        raise ValueError(f"Invalid task: {task!r} (allowed: {', '.join(TASKS)})")
+
+
+def task_targets(task: str, targets: np.ndarray) -> tuple[torch.Tensor, int, nn.Module, dict]:
+    """Targets as a tensor, the model's output width, the loss and a validation metric.
+
+    Classification: labels become class indices (cross-entropy, accuracy); regression:
+    float columns (mean squared error, RMSE). ``task`` is one :func:`check_task` accepted.
+    """
+    if task == "classification":
+        classes, labels = np.unique(targets, return_inverse=True)
+        y = torch.as_tensor(labels, dtype=torch.int64)
+        metrics = {"accuracy": lambda out, t: (out.argmax(1) == t).double().mean()}
+        return y, len(classes), nn.CrossEntropyLoss(), metrics
+    y = torch.as_tensor(targets, dtype=torch.float32).reshape(len(targets), -1)
+    metrics = {"rmse": lambda out, t: ((out - t) ** 2).mean().sqrt()}
+    return y, y.shape[1], nn.MSELoss(), metrics
+
+
 def build_model(features: int, outputs: int, model: str = "linear", hidden: int = 64) -> nn.Module:
     """A linear model or a one-hidden-layer ReLU MLP."""
     if model not in MODELS:
@@ -84,17 +106,10 @@ def lr_find_command(
     ``config`` (a TOML TrainConfig) overrides optimizer, batch_size and seed when given.
     """
     console = console or Console()
-    if task not in TASKS:
-        raise ValueError(f"Invalid task: {task!r} (allowed: {', '.join(TASKS)})")
+    check_task(task)
     features, targets = load_table(data, target)
     features = features.astype(np.float32)
-    if task == "classification":
-        classes, labels = np.unique(targets, return_inverse=True)
-        y = torch.as_tensor(labels, dtype=torch.int64)
-        outputs, loss_fn = len(classes), nn.CrossEntropyLoss()
-    else:
-        y = torch.as_tensor(targets, dtype=torch.float32).reshape(len(targets), -1)
-        outputs, loss_fn = y.shape[1], nn.MSELoss()
+    y, outputs, loss_fn, _ = task_targets(task, targets)
     if config is not None:
         train_config = dataclasses.replace(TrainConfig.from_toml(config), epochs=None, steps=steps)
     else:
@@ -151,8 +166,7 @@ def train_command(
     in the config's ``run_dir`` from its newest checkpoint.
     """
     console = console or Console()
-    if task not in TASKS:
-        raise ValueError(f"Invalid task: {task!r} (allowed: {', '.join(TASKS)})")
+    check_task(task)
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"Invalid val_fraction: {val_fraction} (allowed: 0 <= val_fraction < 1)")
     values = TrainConfig.from_toml(config).to_dict() if config is not None else {"epochs": 20}
@@ -172,15 +186,7 @@ def train_command(
         mean = features[train_rows].mean(0)
         spread = features[train_rows].std(0)
         features = (features - mean) / np.where(spread > 0, spread, 1.0)
-    if task == "classification":
-        classes, labels = np.unique(targets, return_inverse=True)
-        y = torch.as_tensor(labels, dtype=torch.int64)
-        outputs, loss_fn = len(classes), nn.CrossEntropyLoss()
-        metrics = {"accuracy": lambda out, t: (out.argmax(1) == t).double().mean()}
-    else:
-        y = torch.as_tensor(targets, dtype=torch.float32).reshape(len(targets), -1)
-        outputs, loss_fn = y.shape[1], nn.MSELoss()
-        metrics = {"rmse": lambda out, t: ((out - t) ** 2).mean().sqrt()}
+    y, outputs, loss_fn, metrics = task_targets(task, targets)
     x = torch.as_tensor(features)
     train_rows_t, val_rows_t = torch.as_tensor(train_rows), torch.as_tensor(val_rows)
     val_data = (x[val_rows_t], y[val_rows_t]) if n_val else None
