@@ -58,10 +58,9 @@ class DescentOptimizer(torch.optim.Optimizer):
         return bool(fused) or (fused is None and group.get("foreach") is None)
 
     def _use_fused(self, group: dict[str, Any], params: list[torch.Tensor]) -> bool:
-        fused = group.get("fused")
-        if fused is False or (fused is None and group.get("foreach") is not None):
+        if not self._fused_wanted(group):
             return False
-        if fused is None:
+        if group.get("fused") is None:
             # Accelerators: the compiled path is opt-in (fused=True) until it is measured there.
             return all(map(_is_cpu, params)) and _fused.available()
         if any(map(_is_cpu, params)) and not _fused.available():
