@@ -3,8 +3,9 @@
 Times, round-robin in a shuffled order with ``gc.collect()`` before each call (as
 ``step_time.py`` does, so the tensors' metadata is as cold as there), the in-place triad floor;
 the C kernel alone from the cached plan's pointer array (2 threads and 1 thread); the
-planned step with the kernel call replaced by a no-op (the per-step Python: gradient
-lookup, pointer and layout checks); ``optimizer.step()`` with the same no-op (adds torch's
+planned step with the kernel call replaced by a no-op (the per-step overhead: the C++
+gather's walk over the parameters and gradients, its checks, the Python around it); the C++
+gather alone; ``optimizer.step()`` with the same no-op (adds torch's
 step wrapper); the full step; and two single passes over the list (``p.grad`` of every
 parameter, ``p.data_ptr()`` of every parameter).
 
@@ -24,7 +25,7 @@ import time
 import torch
 from step_time import LAYOUTS, make_params
 
-from descent.optim import Lion, _fused
+from descent.optim import Lion, _fused, _gather
 
 
 def main() -> None:
@@ -65,6 +66,8 @@ def main() -> None:
 
         return call
 
+    if plan.handle is None:
+        raise SystemExit(f"the C++ gather is unavailable: {_gather.unavailable_reason()}")
     grad, data_ptr = operator.attrgetter("grad"), torch.Tensor.data_ptr
     calls = {
         "triad a += s*c": lambda: a.add_(c, alpha=1e-3),
@@ -76,6 +79,9 @@ def main() -> None:
         "optimizer.step(), kernel a no-op": without_kernel(optimizer.step),
         "optimizer.step()": optimizer.step,
         "pass: p.grad of every parameter": lambda: list(map(grad, params)),
+        "the C++ gather alone": lambda: _gather.gather(
+            plan.handle, plan.pointers.buffer_info()[0] + 8 * plan.grad_slot
+        ),
         "pass: p.data_ptr() of every parameter": lambda: list(map(data_ptr, params)),
     }
     times: dict[str, list[float]] = {name: [] for name in calls}

@@ -6,15 +6,20 @@ is large enough (70,001 elements) that the kernel splits it across threads.
 
 from __future__ import annotations
 
+import array
+import gc
 import io
 import resource
+import shutil
 import sys
 import warnings
+import weakref
+from pathlib import Path
 
 import pytest
 import torch
 
-from descent.optim import Lion, Sophia, _compiled, _fused, _kernels
+from descent.optim import Lion, Sophia, _compiled, _fused, _gather, _kernels
 
 pytestmark = pytest.mark.skipif(
     not _fused.available(), reason=f"fused kernels unavailable: {_fused.unavailable_reason()}"
@@ -116,10 +121,20 @@ def planned(monkeypatch):
     return outcomes
 
 
+@pytest.fixture(params=["c++", "python"])
+def gather(request, monkeypatch):
+    """Each plan test twice: the gradients gathered by the C++ op and by the Python checks."""
+    if request.param == "python":
+        monkeypatch.setattr(_gather, "available", lambda: False)
+    elif not _gather.available():
+        pytest.skip(f"C++ gather unavailable: {_gather.unavailable_reason()}")
+    return request.param
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("cls", [Lion, Sophia], ids=lambda c: c.__name__)
 @pytest.mark.parametrize("path", ["fused", "default"])
-def test_fused_equals_single_tensor_bitwise(cls, dtype, path, kernel_calls, planned):
+def test_fused_equals_single_tensor_bitwise(cls, dtype, path, kernel_calls, planned, gather):
     reference_params = _params(dtype)
     reference = _build(cls, reference_params, PATHS["single"])
     _run(cls, reference, reference_params, steps=10)
@@ -196,7 +211,7 @@ def test_rows_the_kernel_cannot_take_fall_back(cls, kernel_calls):
 
 
 @pytest.mark.parametrize("cls", [Lion, Sophia], ids=lambda c: c.__name__)
-def test_plan_follows_changes(cls, planned):
+def test_plan_follows_changes(cls, planned, gather):
     """The cached plan never runs stale: a parameter whose storage moved, a non-contiguous
     gradient, a missing gradient and a reloaded state each take the general path for that
     step, and every step still equals the single-tensor path. (Sophia: the same for the
@@ -229,7 +244,7 @@ def test_plan_follows_changes(cls, planned):
 
 
 @pytest.mark.parametrize("update", ["Lion.step", "Sophia.step", "Sophia.update_hessian"])
-def test_plan_never_reads_past_a_shrunk_gradient(update, planned):
+def test_plan_never_reads_past_a_shrunk_gradient(update, planned, gather):
     """``p.data = p.data[:k]`` keeps the data pointer and shrinks the parameter and its next
     gradient: the plan must not run (its sizes are the old ones); the general path raises on
     the stale state, as the single-tensor path does; with fresh state the plan runs again."""
@@ -269,6 +284,72 @@ def test_build_happens_once_per_process(monkeypatch):
         p = torch.nn.Parameter(torch.randn(int(lr * 1e4), dtype=dtype))
         p.grad = torch.ones_like(p)
         Lion([p], lr=lr, fused=True).step()
+
+
+def test_gather_builds_where_a_compiler_and_headers_exist():
+    """The C++ gather must not fall back silently on a machine that can build it (CI)."""
+    headers = Path(torch.__file__).parent / "include" / "torch" / "library.h"
+    if not (shutil.which("c++") or shutil.which("g++")) or not headers.exists():
+        pytest.skip("no C++ compiler or no torch headers here")
+    assert _gather.available(), _gather.unavailable_reason()
+    assert _gather.compile_seconds is not None and _gather.compile_seconds < 30
+
+
+def _gathered(handle: int, count: int) -> tuple[int, list[int]]:
+    out = array.array("Q", [0] * count)
+    return _gather.gather(handle, out.buffer_info()[0]), list(out)
+
+
+@pytest.mark.skipif(not _gather.available(), reason="C++ gather unavailable")
+def test_gather_answers():
+    """Pointers of every gradient, MISSING for a gradient the kernel cannot take, STALE for a
+    moved or resized parameter, a resized gradient, or an unknown handle."""
+    params = [torch.nn.Parameter(torch.randn(s)) for s in [(3, 4), (5,), (2, 2)]]
+    handle = _gather.create(params, torch.float32)
+    try:
+        for p in params:
+            p.grad = torch.randn(p.shape)
+        assert _gathered(handle, 3) == (_gather.OK, [p.grad.data_ptr() for p in params])
+        cases = {
+            "missing": lambda: setattr(params[1], "grad", None),
+            "transposed": lambda: setattr(params[0], "grad", torch.randn(4, 3).t()),
+            "sparse": lambda: setattr(params[1], "grad", torch.randn(5).to_sparse()),
+        }
+        for name, change in cases.items():
+            kept = params[0].grad, params[1].grad
+            change()
+            assert _gathered(handle, 3)[0] == _gather.MISSING, name
+            params[0].grad, params[1].grad = kept
+            assert _gathered(handle, 3)[0] == _gather.OK, name
+        params[1].grad = None  # a missing gradient does not hide a moved parameter after it
+        params[2].data = params[2].data.clone()
+        assert _gathered(handle, 3)[0] == _gather.STALE
+    finally:
+        _gather.release(handle)
+    assert _gathered(handle, 3)[0] == _gather.STALE  # released: unknown
+
+    p = torch.nn.Parameter(torch.randn(10))
+    handle = _gather.create([p], torch.float32)
+    p.grad = torch.randn(10)
+    assert _gathered(handle, 1)[0] == _gather.OK
+    p.data = p.data[:4]  # same pointer, fewer elements
+    assert _gathered(handle, 1)[0] == _gather.STALE
+    _gather.release(handle)
+
+
+def test_plans_do_not_keep_parameters_alive(gather):
+    """The C++ side holds a plan's parameters only as long as the optimizer lives."""
+    params = [torch.nn.Parameter(torch.randn(8)) for _ in range(3)]
+    optimizer = Lion(params, lr=1e-2, fused=True)
+    for _ in range(3):
+        for p in params:
+            p.grad = torch.randn(8)
+        optimizer.step()
+    assert _fused._plans[optimizer][(0, "lion")].dtype is torch.float32
+    alive = weakref.ref(params[0])
+    del optimizer, params, p
+    gc.collect()
+    assert alive() is None
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="counts page faults via getrusage")

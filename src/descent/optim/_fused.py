@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from descent.optim import _kernels
+from descent.optim import _gather, _kernels
 from descent.optim._compiled import compiled_step
 from descent.optim._kernels import _DTYPES, _load, available, unavailable_reason
 
@@ -235,8 +235,8 @@ _numel = torch.Tensor.numel
 
 class _Plan:
     __slots__ = (
-        "count", "dtype", "function", "grad_slot", "keep", "numels", "param_list", "param_ptrs",
-        "params", "pointers", "sizes", "state", "steps",
+        "__weakref__", "count", "dtype", "function", "grad_slot", "handle", "keep", "numels",
+        "param_list", "param_ptrs", "params", "pointers", "sizes", "state", "steps",
     )  # fmt: skip
 
     def __init__(self, optimizer: Any, params: list[torch.Tensor], kind: str) -> None:
@@ -246,6 +246,7 @@ class _Plan:
         self.params = list(params)
         self.state = optimizer.state
         self.dtype = None  # None: the kernel cannot take every row; use the general path
+        self.handle = None  # the C++ gather's plan, where it is available
         states = [optimizer.state.get(p) for p in params]
         library = _load()
         if not all(states) or library is None:
@@ -278,6 +279,9 @@ class _Plan:
         self.steps = array.array("Q", map(_data_ptr, steps))
         self.numels = list(map(torch.Tensor.numel, params))
         self.sizes = array.array("q", self.numels)
+        if _gather.available():
+            self.handle = _gather.create(params, self.dtype)
+            weakref.finalize(self, _gather.release, self.handle)
 
 
 _plans: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -313,29 +317,14 @@ def planned_step(optimizer: Any, index: int, kind: str, hp: list[float]) -> bool
         if not optimizer.state.get(params[0]):
             del plans[key]  # first step: build the plan once the state exists
         return False
-    # Each check below is one pass over the list in C (map), as few as safety allows: on
-    # thousands of small tensors the tensors' metadata is usually out of cache (the previous
-    # step streamed hundreds of MiB), and each pass costs a few percent of the step.
-    if list(map(_data_ptr, params)) != plan.param_ptrs:
-        del plans[key]  # a parameter's storage moved (or another took its slot)
+    if plan.handle is not None:
+        status = _gather.gather(plan.handle, plan.pointers.buffer_info()[0] + 8 * plan.grad_slot)
+    else:
+        status = _python_gather(plan, params)
+    if status != _gather.OK:
+        if status == _gather.STALE:
+            del plans[key]
         return False
-    grads = list(map(_grad, params))
-    try:
-        grad_ptrs = array.array("Q", map(_data_ptr, grads))  # TypeError: a missing gradient
-        # torch keeps a gradient's device and shape equal to its parameter's current ones; its
-        # strides and (with ``grad_dtype``) dtype are free. is_contiguous raises for sparse
-        # layouts.
-        if set(map(_dtype, grads)) != {plan.dtype} or not all(map(_is_contiguous, grads)):
-            return False
-    except (TypeError, RuntimeError):
-        return False
-    # ``p.data = p.data[:k]`` keeps the pointer and shrinks the parameter and its next
-    # gradient: the kernel must never read past a gradient's end, and the plan is stale.
-    if list(map(_numel, grads)) != plan.numels:
-        del plans[key]
-        return False
-    slot = plan.grad_slot
-    plan.pointers[slot : slot + plan.count] = grad_ptrs
     hyper = array.array("d", hp)
     if plan.steps:
         _load().add_one_float32(plan.steps.buffer_info()[0], len(plan.steps))
@@ -347,3 +336,30 @@ def planned_step(optimizer: Any, index: int, kind: str, hp: list[float]) -> bool
         torch.get_num_threads(),
     )
     return True
+
+
+def _python_gather(plan: _Plan, params: list[torch.Tensor]) -> int:
+    """:func:`descent.optim._gather.gather` in Python, where the C++ library is unavailable:
+    the same checks and answers; the gradients' pointers go into the plan's array."""
+    # Each check below is one pass over the list in C (map), as few as safety allows: on
+    # thousands of small tensors the tensors' metadata is usually out of cache (the previous
+    # step streamed hundreds of MiB), and each pass costs a few percent of the step.
+    if list(map(_data_ptr, params)) != plan.param_ptrs:
+        return _gather.STALE  # a parameter's storage moved (or another took its slot)
+    grads = list(map(_grad, params))
+    try:
+        grad_ptrs = array.array("Q", map(_data_ptr, grads))  # TypeError: a missing gradient
+        # torch keeps a gradient's device and shape equal to its parameter's current ones; its
+        # strides and (with ``grad_dtype``) dtype are free. is_contiguous raises for sparse
+        # layouts.
+        if set(map(_dtype, grads)) != {plan.dtype} or not all(map(_is_contiguous, grads)):
+            return _gather.MISSING
+    except (TypeError, RuntimeError):
+        return _gather.MISSING
+    # ``p.data = p.data[:k]`` keeps the pointer and shrinks the parameter and its next
+    # gradient: the kernel must never read past a gradient's end, and the plan is stale.
+    if list(map(_numel, grads)) != plan.numels:
+        return _gather.STALE
+    slot = plan.grad_slot
+    plan.pointers[slot : slot + plan.count] = grad_ptrs
+    return _gather.OK

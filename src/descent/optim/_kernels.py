@@ -169,13 +169,19 @@ def _cache_dir() -> Path:
     return Path(root) / "fused"
 
 
-def _build(compiler: str, target: Path) -> None:
+def _build(source: str, suffix: str, commands: list[list[str]], target: Path) -> None:
+    """Compile ``source`` (a file ending in ``suffix``) with the first of ``commands`` that
+    succeeds (``{source}`` and ``{output}`` stand for the paths) and install the shared library
+    at ``target`` atomically (a concurrent process sees the old file or the new, never half)."""
     with tempfile.TemporaryDirectory() as scratch:
-        source = Path(scratch) / "fused.c"
-        source.write_text(_SOURCE)
-        output = Path(scratch) / "fused.so"
-        for openmp in (["-fopenmp"], []):
-            command = [compiler, *_FLAGS, *openmp, str(source), "-o", str(output), "-lm"]
+        source_path = Path(scratch) / f"source{suffix}"
+        source_path.write_text(source)
+        output = Path(scratch) / "library.so"
+        for command in commands:
+            command = [
+                part.format(source=source_path, output=output) if "{" in part else part
+                for part in command
+            ]
             result = subprocess.run(command, capture_output=True, text=True, check=False)
             if result.returncode == 0:
                 break
@@ -207,7 +213,8 @@ def _load() -> ctypes.CDLL | None:
         target = _cache_dir() / f"fused-{key}.so"
         try:
             if not target.exists():
-                _build(compiler, target)
+                head, tail = [compiler, *_FLAGS], ["{source}", "-o", "{output}", "-lm"]
+                _build(_SOURCE, ".c", [[*head, "-fopenmp", *tail], [*head, *tail]], target)
             library = ctypes.CDLL(str(target))
         except (OSError, RuntimeError) as error:
             _failure = str(error)
