@@ -1,13 +1,14 @@
-"""Where a fused Lion step's time goes on many small tensors: kernel against Python.
+"""Where a fused Lion step's time goes on many small tensors: kernel against the rest.
 
 Times, round-robin in a shuffled order with ``gc.collect()`` before each call (as
 ``step_time.py`` does, so the tensors' metadata is as cold as there), the in-place triad floor;
 the C kernel alone from the cached plan's pointer array (2 threads and 1 thread); the
 planned step with the kernel call replaced by a no-op (the per-step overhead: the C++
-gather's walk over the parameters and gradients, its checks, the Python around it); the C++
-gather alone; ``optimizer.step()`` with the same no-op (adds torch's
-step wrapper); the full step; and two single passes over the list (``p.grad`` of every
-parameter, ``p.data_ptr()`` of every parameter).
+gather's walk over the parameters and gradients, its checks, the Python around it); the same
+with the Python checks instead of the C++ gather (what runs where it cannot be built); the
+C++ gather alone; ``optimizer.step()`` with the no-op kernel (adds torch's step wrapper); the
+full step; and two single passes over the list in Python (``p.grad`` of every parameter,
+``p.data_ptr()`` of every parameter).
 
     PYTHONPATH=src python benchmarks/plan_overhead.py --rounds 40
 """
@@ -56,13 +57,16 @@ def main() -> None:
 
         return call
 
-    def without_kernel(step):
+    def without_kernel(step, gather: bool = True):
         def call() -> None:
             plan.function = lambda *_: None
+            handle = plan.handle
+            if not gather:
+                plan.handle = None  # the Python checks, as where the C++ op is unavailable
             try:
                 assert step() is not False
             finally:
-                plan.function = kernel
+                plan.function, plan.handle = kernel, handle
 
         return call
 
@@ -75,6 +79,9 @@ def main() -> None:
         "kernel alone, 1 thread": kernel_only(1),
         "planned_step, kernel a no-op": without_kernel(
             lambda: _fused.planned_step(optimizer, 0, "lion", hp)
+        ),
+        "planned_step, Python checks, kernel a no-op": without_kernel(
+            lambda: _fused.planned_step(optimizer, 0, "lion", hp), gather=False
         ),
         "optimizer.step(), kernel a no-op": without_kernel(optimizer.step),
         "optimizer.step()": optimizer.step,
@@ -99,7 +106,7 @@ def main() -> None:
     print(f"Lion floor (20 B/param at the triad's bandwidth): {floor * 1e3:.3f} ms")
     for name, values in times.items():
         seconds = statistics.median(values)
-        print(f"  {name:40s} {seconds * 1e3:7.3f} ms  {seconds / floor:5.2f} x Lion floor")
+        print(f"  {name:44s} {seconds * 1e3:7.3f} ms  {seconds / floor:5.2f} x Lion floor")
 
 
 if __name__ == "__main__":
