@@ -9,14 +9,13 @@ them in C++ with the next tensors' metadata prefetched, checks each parameter an
 and writes the gradients' data pointers into the kernel's pointer array.
 
 A small custom op library against libtorch (``torch.ops.descent_fused``), built once per
-machine with the system C++ compiler and torch's own headers (about 5 s) and cached next to
-the C kernels. Where it cannot be built or loaded, :func:`available` is false and the plans
-check the gradients in Python (same results, slower on many small tensors).
+machine with the system C++ compiler and torch's own headers (about 8 s on 2 cores) and
+cached next to the C kernels. Where it cannot be built or loaded, :func:`available` is false
+and the plans check the gradients in Python (same results, slower on many small tensors).
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import sys
@@ -169,14 +168,9 @@ def _load():
         tail = ["{source}", "-o", "{output}", f"-L{lib}", f"-Wl,-rpath,{lib}", "-lc10"]
         tail.append("-ltorch_cpu")
         commands = [[*head, f"-std=c++{standard}", *tail] for standard in (20, 17)]
-        key = hashlib.sha256(
-            "\0".join([_SOURCE, *commands[0], torch.__version__, str(root)]).encode()
-        ).hexdigest()[:16]
-        target = _kernels._cache_dir() / f"gather-{key}.so"
         try:
-            if not target.exists():
-                _kernels._build(_SOURCE, ".cpp", commands, target)
-            torch.ops.load_library(str(target))
+            path = _kernels.cached_library("gather", _SOURCE, ".cpp", commands, torch.__version__)
+            torch.ops.load_library(str(path))
             _ops = torch.ops.descent_fused
         except (OSError, RuntimeError) as error:
             _failure = str(error)

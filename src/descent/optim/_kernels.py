@@ -169,6 +169,17 @@ def _cache_dir() -> Path:
     return Path(root) / "fused"
 
 
+def cached_library(name: str, source: str, suffix: str, commands: list[list[str]], *key) -> Path:
+    """The shared library built from ``source`` with the first of ``commands`` that works,
+    from the disk cache or built into it now. The file name hashes the source, the commands
+    and ``key`` (whatever else the binary depends on)."""
+    digest = hashlib.sha256("\0".join([source, *map(" ".join, commands), *key]).encode())
+    target = _cache_dir() / f"{name}-{digest.hexdigest()[:16]}.so"
+    if not target.exists():
+        _build(source, suffix, commands, target)
+    return target
+
+
 def _build(source: str, suffix: str, commands: list[list[str]], target: Path) -> None:
     """Compile ``source`` (a file ending in ``suffix``) with the first of ``commands`` that
     succeeds (``{source}`` and ``{output}`` stand for the paths) and install the shared library
@@ -206,16 +217,12 @@ def _load() -> ctypes.CDLL | None:
         if compiler is None or sys.platform == "win32":
             _failure = "no C compiler found (set CC)"
             return None
-        # -march=native binds the binary to this processor: the key names it.
-        key = hashlib.sha256(
-            "\0".join([_SOURCE, compiler, *_FLAGS, platform.machine(), _cpu_name()]).encode()
-        ).hexdigest()[:16]
-        target = _cache_dir() / f"fused-{key}.so"
+        head, tail = [compiler, *_FLAGS], ["{source}", "-o", "{output}", "-lm"]
+        commands = [[*head, "-fopenmp", *tail], [*head, *tail]]
         try:
-            if not target.exists():
-                head, tail = [compiler, *_FLAGS], ["{source}", "-o", "{output}", "-lm"]
-                _build(_SOURCE, ".c", [[*head, "-fopenmp", *tail], [*head, *tail]], target)
-            library = ctypes.CDLL(str(target))
+            # -march=native binds the binary to this processor: the key names it.
+            path = cached_library("fused", _SOURCE, ".c", commands, platform.machine(), _cpu_name())
+            library = ctypes.CDLL(str(path))
         except (OSError, RuntimeError) as error:
             _failure = str(error)
             return None
