@@ -17,10 +17,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from descent.train import CheckpointError, TrainConfig, fit, load_checkpoint
+from descent.train import CheckpointError, TrainConfig, TrainingInterrupted, fit, load_checkpoint
 from descent.train.checkpoint import list_checkpoints, save_atomic
 from tests.train import scenario
-from tests.train.problems import assert_bitwise_equal, weights
+from tests.train.problems import assert_bitwise_equal, classification, mlp, weights
 
 ROOT = Path(__file__).resolve().parents[2]
 OPTIMIZERS = list(scenario.OPTIMIZER_SETTINGS)
@@ -174,6 +174,64 @@ def test_resume_from_a_finished_run_returns_at_once(uninterrupted, tmp_path):
     network, history = scenario.train("lion", str(tmp_path), resume=tmp_path)
     assert_bitwise_equal(weights(network), uninterrupted["lion"][0])
     assert history.losses.tolist() == uninterrupted["lion"][1].losses.tolist()
+
+
+def _restarts(run_dir: Path, **options):
+    x, y = classification()
+    model = mlp()
+    config = TrainConfig(
+        lr=0.05, steps=12, batch_size=16, restarts=3, run_dir=str(run_dir), checkpoint_every=4,
+        eval_every=4, progress="none",
+    )  # fmt: skip
+    history = fit(model, (x, y), F.cross_entropy, config, val_data=(x, y), **options)
+    return model, history
+
+
+def test_restarts_resume_after_an_interruption_equals_the_uninterrupted_run(tmp_path):
+    """Interrupted in the second of three starts: resuming the run directory reads the first
+    back, continues the second from its checkpoint and runs the third; the kept start, its
+    weights and every start's summary equal the uninterrupted run's."""
+    reference_model, reference = _restarts(tmp_path / "reference")
+    calls = []
+
+    def crash(info):
+        calls.append(info["step"])
+        if len(calls) == 12 + 7:  # step 7 of the second start
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        _restarts(tmp_path / "run", callbacks=[crash])
+    assert load_checkpoint(tmp_path / "run" / "restart_1")["step"] == 4
+    assert not (tmp_path / "run" / "restart_2").exists()
+
+    resumed = []
+    model, history = _restarts(
+        tmp_path / "run", resume=tmp_path / "run", callbacks=[lambda info: resumed.append(1)]
+    )
+    assert len(resumed) == (12 - 4) + 12  # nothing of the first start, the second from step 4
+    assert history.restarts == reference.restarts
+    assert len({summary["val_loss"] for summary in history.restarts}) == 3
+    assert history.losses.tolist() == reference.losses.tolist()
+    assert_bitwise_equal(weights(model), weights(reference_model))
+    with pytest.raises(ValueError, match="has no restart_0"):
+        _restarts(tmp_path / "run", resume=tmp_path / "run" / "restart_1")
+
+
+def test_an_interrupted_restart_points_at_the_whole_run(tmp_path):
+    calls = []
+
+    def interrupt(info):
+        calls.append(info["step"])
+        if len(calls) == 12 + 5:  # SIGINT in the second start
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(TrainingInterrupted) as raised:
+        _restarts(tmp_path, callbacks=[interrupt])
+    assert str(raised.value).endswith(f"resume={str(tmp_path)!r}) (the run of every restart)")
+    assert "restart_1" in str(raised.value)  # where the checkpoint went
+    _, history = _restarts(tmp_path, resume=tmp_path)  # the hint's target resumes
+    assert [summary["seed"] for summary in history.restarts] == [0, 1, 2]
+    assert history.stop_reason == "completed"
 
 
 def test_resume_mid_epoch_from_a_shuffling_dataloader_is_exact(tmp_path):

@@ -33,6 +33,8 @@ from descent.optim import OPTIMIZERS, create_optimizer, gnb_loss, hutchinson, rg
 from descent.train.checkpoint import (
     CheckpointError,
     check_matches,
+    checkpoint_dir,
+    list_checkpoints,
     load_checkpoint,
     rng_states,
     set_rng_states,
@@ -81,7 +83,9 @@ def fit(
         metrics: name -> ``fn(outputs, targets)`` -> number, computed over the whole
             validation set at once.
         resume: a checkpoint file, or a run directory (its newest checkpoint): continue that
-            run exactly where it stopped.
+            run exactly where it stopped. With ``restarts > 1``, the run directory (holding
+            ``restart_0``, ``restart_1``, ...): finished starts are read back, the interrupted
+            one continues, the rest run.
         callbacks: called after every step with ``{"step", "epoch", "loss", "lr"}``; an
             exception from one stops training (checkpoints written so far remain).
 
@@ -106,9 +110,9 @@ def fit(
         if not callable(metric):
             raise TypeError(f"metric {name!r} must be callable, got {type(metric).__name__}")
     if config.restarts > 1:
-        if resume is not None:
-            raise ValueError("resume works on one run: it cannot be combined with restarts > 1")
-        return _fit_restarts(model, train_data, loss_fn, config, val_data, metrics, callbacks)
+        return _fit_restarts(
+            model, train_data, loss_fn, config, val_data, metrics, callbacks, resume
+        )
     if config.early_stopping_patience is not None and val_data is None:
         raise ValueError("early_stopping_patience needs val_data to monitor")
     return _Run(model, train_data, loss_fn, config, val_data, metrics, callbacks).train(resume)
@@ -183,6 +187,7 @@ class _Run:
         self.stopper = EarlyStopping(c.monitor, c.monitor_mode, c.early_stopping_patience)
         self.history = History()
         self.step, self.position = 0, 0
+        self.resume_from = c.run_dir  # what an interruption's message tells the user to resume
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -223,12 +228,14 @@ class _Run:
                             history.stop_reason = "interrupted"
                         path = self._checkpoint()
                     if interrupted.is_set():
-                        hint = (
-                            f"checkpoint written to {path}; resume with "
-                            f"fit(..., resume={str(path)!r}) or resume={c.run_dir!r}"
-                            if c.run_dir is not None
-                            else "no checkpoint was written (set run_dir to get one)"
-                        )
+                        hint = "no checkpoint was written (set run_dir to get one)"
+                        if c.run_dir is not None:
+                            hint = f"checkpoint written to {path}; resume with fit(..., resume="
+                            hint += (
+                                f"{str(path)!r}) or resume={c.run_dir!r}"
+                                if self.resume_from == c.run_dir
+                                else f"{self.resume_from!r}) (the run of every restart)"
+                            )
                         message = f"training interrupted at step {step}/{self.total_steps}: {hint}"
                         logger.message(message, force=True)
                         raise TrainingInterrupted(message)
@@ -555,18 +562,35 @@ def _fit_restarts(
     val_data: Any,
     metrics: dict[str, Metric],
     callbacks: Sequence[Callable[[dict[str, Any]], None]],
+    resume: str | Path | None,
 ) -> History:
-    """Train from ``restarts`` starts (seeds seed, seed+1, ...); keep the best by the monitor."""
+    """Train from ``restarts`` starts (seeds seed, seed+1, ...); keep the best by the monitor.
+
+    Each start runs in ``run_dir/restart_<i>``. Resuming (``resume`` = that ``run_dir``) reads
+    back each start that has a checkpoint (a finished one returns at once, the interrupted one
+    continues exactly) and runs the others, so the kept start is the uninterrupted run's.
+    """
     if val_data is None:
         raise ValueError("restarts > 1 keeps the best start by a validation metric: pass val_data")
+    if resume is not None and not (Path(resume) / "restart_0").is_dir():
+        raise ValueError(
+            f"with restarts > 1, resume takes the run directory holding restart_0, restart_1, "
+            f"...: {str(resume)!r} has no restart_0"
+        )
     best_history, best_state, summaries = None, None, []
     for index in range(config.restarts):
         seed = config.seed + index
         run_dir = None if config.run_dir is None else str(Path(config.run_dir) / f"restart_{index}")
         one = dataclasses.replace(config, restarts=1, seed=seed, run_dir=run_dir)
-        if index > 0:
+        start = None
+        if resume is not None:
+            folder = Path(resume) / f"restart_{index}"
+            start = folder if list_checkpoints(checkpoint_dir(folder)) else None
+        if index > 0 and start is None:
             reinitialise(model, config.init, seed)
-        history = _Run(model, train_data, loss_fn, one, val_data, metrics, callbacks).train(None)
+        run = _Run(model, train_data, loss_fn, one, val_data, metrics, callbacks)
+        run.resume_from = config.run_dir
+        history = run.train(start)
         value = None if history.best is None else history.best[config.monitor]
         summaries.append({"seed": seed, config.monitor: value})
         if value is None:
