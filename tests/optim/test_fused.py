@@ -125,7 +125,7 @@ def planned(monkeypatch):
 def gather(request, monkeypatch):
     """Each plan test twice: the gradients gathered by the C++ op and by the Python checks."""
     if request.param == "python":
-        monkeypatch.setattr(_gather, "available", lambda: False)
+        monkeypatch.setattr(_gather, "available", lambda build=True: False)
     elif not _gather.available():
         pytest.skip(f"C++ gather unavailable: {_gather.unavailable_reason()}")
     return request.param
@@ -335,6 +335,36 @@ def test_gather_answers():
     p.data = p.data[:4]  # same pointer, fewer elements
     assert _gathered(handle, 1)[0] == _gather.STALE
     _gather.release(handle)
+
+
+def test_only_a_large_group_waits_for_the_gather_build(monkeypatch, tmp_path):
+    """A plan of a few tensors (a 2-D toy problem) never triggers the C++ gather's one-time
+    build; one of GATHER_BUILD_FROM tensors does. Both step correctly either way."""
+    monkeypatch.setattr(_gather, "_ops", None)
+    monkeypatch.setattr(_gather, "_failure", None)
+    monkeypatch.setenv("DESCENT_CACHE_DIR", str(tmp_path))  # nothing is built there
+    builds = []
+
+    def not_built(source, suffix, commands, target):
+        builds.append(target.name)
+        raise RuntimeError("not built in this test")
+
+    monkeypatch.setattr(_kernels, "_build", not_built)
+
+    def plan(count: int):
+        params = [torch.nn.Parameter(torch.randn(3)) for _ in range(count)]
+        optimizer = Lion(params, lr=1e-2)
+        for _ in range(3):
+            for p in params:
+                p.grad = torch.randn(3)
+            optimizer.step()
+        return _fused._plans[optimizer][(0, "lion")]
+
+    small = plan(_fused.GATHER_BUILD_FROM - 1)
+    assert small.dtype is torch.float32 and small.handle is None and builds == []
+    assert plan(_fused.GATHER_BUILD_FROM).handle is None
+    assert len(builds) == 1 and builds[0].startswith("gather-")
+    assert "not built in this test" in _gather.unavailable_reason()
 
 
 def test_plans_do_not_keep_parameters_alive(gather):

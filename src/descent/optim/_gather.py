@@ -142,7 +142,9 @@ compile_seconds: float | None = None
 """Seconds this process spent building (or loading from the disk cache) the library."""
 
 
-def _load():
+def _load(build: bool = True):
+    """The ops, loaded from the disk cache or built first; ``None`` where they cannot be (or,
+    with ``build=False``, where they are not built yet)."""
     global _ops, _failure, compile_seconds
     if _ops is not None or _failure is not None:
         return _ops
@@ -169,7 +171,11 @@ def _load():
         tail.append("-ltorch_cpu")
         commands = [[*head, f"-std=c++{standard}", *tail] for standard in (20, 17)]
         try:
-            path = _kernels.cached_library("gather", _SOURCE, ".cpp", commands, torch.__version__)
+            path = _kernels.cached_library(
+                "gather", _SOURCE, ".cpp", commands, torch.__version__, build=build
+            )
+            if path is None:
+                return None
             torch.ops.load_library(str(path))
             _ops = torch.ops.descent_fused
         except (OSError, RuntimeError) as error:
@@ -179,9 +185,10 @@ def _load():
         return _ops
 
 
-def available() -> bool:
-    """Whether the C++ gather can run (building it on first call)."""
-    return _load() is not None
+def available(build: bool = True) -> bool:
+    """Whether the C++ gather can run (building it on first call; ``build=False``: only if
+    it is built already, in this process or in the disk cache)."""
+    return _load(build) is not None
 
 
 def unavailable_reason() -> str | None:

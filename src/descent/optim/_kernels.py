@@ -169,13 +169,18 @@ def _cache_dir() -> Path:
     return Path(root) / "fused"
 
 
-def cached_library(name: str, source: str, suffix: str, commands: list[list[str]], *key) -> Path:
+def cached_library(
+    name: str, source: str, suffix: str, commands: list[list[str]], *key: str, build: bool = True
+) -> Path | None:
     """The shared library built from ``source`` with the first of ``commands`` that works,
-    from the disk cache or built into it now. The file name hashes the source, the commands
-    and ``key`` (whatever else the binary depends on)."""
+    from the disk cache or built into it now (``build=False``: None where it is not built
+    yet). The file name hashes the source, the commands and ``key`` (whatever else the binary
+    depends on)."""
     digest = hashlib.sha256("\0".join([source, *map(" ".join, commands), *key]).encode())
     target = _cache_dir() / f"{name}-{digest.hexdigest()[:16]}.so"
     if not target.exists():
+        if not build:
+            return None
         _build(source, suffix, commands, target)
     return target
 
