@@ -146,7 +146,7 @@ def test_fused_equals_single_tensor_bitwise(cls, dtype, path, kernel_calls, plan
 
     expected_kernels = {"lion"} if cls is Lion else {"sophia", "hessian"}
     assert set(kernel_calls) == expected_kernels  # the fused kernels did the work
-    assert True in planned and False in planned  # group 1 ran from its plan, group 2 cannot
+    assert True in planned and False in planned  # from the plans after the first step
     _assert_identical(_snapshot(reference, reference_params), _snapshot(optimizer, params))
     assert len(optimizer.state[params[-1]]) == 0  # no grad: skipped, no state
     assert torch.equal(params[-1], _params(dtype)[-1])
@@ -243,6 +243,37 @@ def test_plan_follows_changes(cls, planned, gather):
         assert sum(planned) >= 8
 
 
+@pytest.mark.parametrize("cls", [Lion, Sophia], ids=lambda c: c.__name__)
+def test_frozen_parameters_stay_on_the_plan(cls, planned, gather):
+    """Parameters without gradients (frozen, unused) do not keep a group off its plan; one
+    that gets a gradient later rebuilds the plan (its state is created on the general path
+    first). Every step equals the single-tensor path."""
+    kwargs = {"bs": 4} if cls is Sophia else {}
+    runs, outcomes = [], []
+    for path in ("single", "fused"):
+        params = _params(torch.float32)
+        optimizer = cls(params, lr=1e-2, weight_decay=0.1, **kwargs, **PATHS[path])
+        generator = torch.Generator().manual_seed(3)
+        planned.clear()
+        for step in range(8):
+            for index, p in enumerate(params):  # params[3] is unfrozen at step 5
+                trainable = index < 3 or (index == 3 and step >= 5)
+                p.grad = torch.randn(p.shape, generator=generator) if trainable else None
+            optimizer.step()
+            if cls is Sophia:
+                optimizer.update_hessian()
+        runs.append(_snapshot(optimizer, params))
+        outcomes.append(list(planned))
+    _assert_identical(*runs)
+    assert outcomes[0] == []  # the single-tensor path never asks for a plan
+    # Per step: the first has no state; the unfreezing step rebuilds (general path).
+    if cls is Lion:
+        assert outcomes[1] == [False, True, True, True, True, False, True, True]
+    else:  # (step, update_hessian) per step; the curvature plan runs from the first step on
+        steps = [(False, True)] + [(True, True)] * 4 + [(False, False)] + [(True, True)] * 2
+        assert outcomes[1] == [outcome for pair in steps for outcome in pair]
+
+
 @pytest.mark.parametrize("update", ["Lion.step", "Sophia.step", "Sophia.update_hessian"])
 def test_plan_never_reads_past_a_shrunk_gradient(update, planned, gather):
     """``p.data = p.data[:k]`` keeps the data pointer and shrinks the parameter and its next
@@ -302,39 +333,72 @@ def _gathered(handle: int, count: int) -> tuple[int, list[int]]:
 
 @pytest.mark.skipif(not _gather.available(), reason="C++ gather unavailable")
 def test_gather_answers():
-    """Pointers of every gradient, MISSING for a gradient the kernel cannot take, STALE for a
-    moved or resized parameter, a resized gradient, or an unknown handle."""
+    """Pointers of every gradient; GENERAL for a gradient the kernel cannot take; STALE for a
+    moved or resized parameter, a resized gradient, a row whose gradient is gone, an idle
+    parameter that got one, or an unknown handle."""
     params = [torch.nn.Parameter(torch.randn(s)) for s in [(3, 4), (5,), (2, 2)]]
-    handle = _gather.create(params, torch.float32)
+    idle = torch.nn.Parameter(torch.randn(7))  # frozen: no gradient when the plan was made
+    handle = _gather.create(params, [idle], torch.float32)
     try:
         for p in params:
             p.grad = torch.randn(p.shape)
         assert _gathered(handle, 3) == (_gather.OK, [p.grad.data_ptr() for p in params])
+        general, stale = _gather.GENERAL, _gather.STALE
         cases = {
-            "missing": lambda: setattr(params[1], "grad", None),
-            "transposed": lambda: setattr(params[0], "grad", torch.randn(4, 3).t()),
-            "sparse": lambda: setattr(params[1], "grad", torch.randn(5).to_sparse()),
+            "transposed": (general, lambda: setattr(params[0], "grad", torch.randn(4, 3).t())),
+            "sparse": (general, lambda: setattr(params[1], "grad", torch.randn(5).to_sparse())),
+            "row lost its gradient": (stale, lambda: setattr(params[1], "grad", None)),
+            "idle got a gradient": (stale, lambda: setattr(idle, "grad", torch.ones(7))),
         }
-        for name, change in cases.items():
+        for name, (answer, change) in cases.items():
             kept = params[0].grad, params[1].grad
             change()
-            assert _gathered(handle, 3)[0] == _gather.MISSING, name
-            params[0].grad, params[1].grad = kept
+            assert _gathered(handle, 3)[0] == answer, name
+            params[0].grad, params[1].grad, idle.grad = *kept, None
             assert _gathered(handle, 3)[0] == _gather.OK, name
-        params[1].grad = None  # a missing gradient does not hide a moved parameter after it
-        params[2].data = params[2].data.clone()
+        params[0].grad = params[0].grad.t().contiguous().t()  # GENERAL does not hide a moved
+        params[2].data = params[2].data.clone()  # parameter after it
         assert _gathered(handle, 3)[0] == _gather.STALE
     finally:
         _gather.release(handle)
     assert _gathered(handle, 3)[0] == _gather.STALE  # released: unknown
 
     p = torch.nn.Parameter(torch.randn(10))
-    handle = _gather.create([p], torch.float32)
+    handle = _gather.create([p], [], torch.float32)
     p.grad = torch.randn(10)
     assert _gathered(handle, 1)[0] == _gather.OK
     p.data = p.data[:4]  # same pointer, fewer elements
     assert _gathered(handle, 1)[0] == _gather.STALE
     _gather.release(handle)
+
+
+@pytest.mark.parametrize(
+    ("case", "kept"),
+    [("sparse", True), ("strided", True), ("lost", False), ("idle", False), ("moved", False)],
+)
+def test_plan_answers(case, kept, gather):
+    """Both gathers, through the plan: a gradient the kernel cannot take leaves the plan for
+    the next step (general path now); a changed set of gradients or a moved parameter drops
+    it."""
+    params = [torch.nn.Parameter(torch.randn(5)) for _ in range(4)]  # params[3] stays idle
+    optimizer = Lion(params, lr=1e-2)
+    hp = _fused.lion_scalars(1e-2, 0.9, 0.99, 0.0)
+    for _ in range(2):
+        for p in params[:3]:
+            p.grad = torch.randn(5)
+        optimizer.step()
+    plan = _fused._plans[optimizer][(0, "lion")]
+    assert _fused.planned_step(optimizer, 0, "lion", hp) is True
+    change = {
+        "sparse": lambda: setattr(params[1], "grad", torch.randn(5).to_sparse()),
+        "strided": lambda: setattr(params[1], "grad", torch.randn(10)[::2]),
+        "lost": lambda: setattr(params[1], "grad", None),
+        "idle": lambda: setattr(params[3], "grad", torch.randn(5)),
+        "moved": lambda: setattr(params[2], "data", params[2].data.clone()),
+    }[case]
+    change()
+    assert _fused.planned_step(optimizer, 0, "lion", hp) is False
+    assert (_fused._plans[optimizer].get((0, "lion")) is plan) is kept
 
 
 def test_only_a_large_group_waits_for_the_gather_build(monkeypatch, tmp_path):

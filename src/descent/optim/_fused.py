@@ -235,8 +235,9 @@ _numel = torch.Tensor.numel
 
 class _Plan:
     __slots__ = (
-        "__weakref__", "count", "dtype", "function", "grad_slot", "handle", "keep", "numels",
-        "param_list", "param_ptrs", "params", "pointers", "sizes", "state", "steps",
+        "__weakref__", "count", "dtype", "function", "grad_slot", "handle", "idle", "keep",
+        "numels", "param_list", "param_ptrs", "params", "pointers", "retry", "rows", "sizes",
+        "state", "steps",
     )  # fmt: skip
 
     def __init__(self, optimizer: Any, params: list[torch.Tensor], kind: str) -> None:
@@ -247,9 +248,16 @@ class _Plan:
         self.state = optimizer.state
         self.dtype = None  # None: the kernel cannot take every row; use the general path
         self.handle = None  # the C++ gather's plan, where it is available
-        states = [optimizer.state.get(p) for p in params]
+        # Its rows are the parameters with a gradient now; the others (frozen, unused) must
+        # stay without one. A step where that changes rebuilds the plan.
+        self.rows = [p for p in params if p.grad is not None]
+        self.idle = [p for p in params if p.grad is None]
+        states = [optimizer.state.get(p) for p in self.rows]
+        # Missing state (the first step, a parameter that just got its first gradient): the
+        # general path creates it; retry the plan at the next step.
+        self.retry = not self.rows or not all(states)
         library = _load()
-        if not all(states) or library is None:
+        if self.retry or library is None:
             return
         lead, before_keys, after_keys = _LAYOUTS[kind]
         try:
@@ -257,7 +265,8 @@ class _Plan:
             after = [[state[key] for state in states] for key in after_keys]
         except KeyError:
             return
-        by_dtype, rest = _split((params, *before, *after))
+        rows = self.rows
+        by_dtype, rest = _split((rows, *before, *after))
         if rest or len(by_dtype) != 1:
             return
         steps = [state["step"] for state in states] if kind == "sophia" else []
@@ -266,8 +275,8 @@ class _Plan:
         self.dtype = next(iter(by_dtype))
         self.function = getattr(library, f"{kind}_{_DTYPES[self.dtype]}")
         self.keep = (before, after, steps)
-        self.count = len(params)
-        self.param_ptrs = list(map(_data_ptr, params))
+        self.count = len(rows)
+        self.param_ptrs = list(map(_data_ptr, rows))
         # The kernel's pointer array, reused every step: only the gradients' slots change.
         head = (self.param_ptrs if lead else []) + [
             pointer for tensors in before for pointer in map(_data_ptr, tensors)
@@ -277,13 +286,13 @@ class _Plan:
         self.pointers.extend(itertools.repeat(0, self.count))
         self.pointers.extend(map(_data_ptr, itertools.chain.from_iterable(after)))
         self.steps = array.array("Q", map(_data_ptr, steps))
-        self.numels = list(map(torch.Tensor.numel, params))
+        self.numels = list(map(torch.Tensor.numel, rows))
         self.sizes = array.array("q", self.numels)
         # A group of a few tensors never waits for the gather's one-time build (seconds; a
         # 2-D toy problem takes less): its Python checks cost microseconds. Once built, every
         # plan uses it.
         if _gather.available(build=len(params) >= GATHER_BUILD_FROM):
-            self.handle = _gather.create(params, self.dtype)
+            self.handle = _gather.create(rows, self.idle, self.dtype)
             weakref.finalize(self, _gather.release, self.handle)
 
 
@@ -320,13 +329,13 @@ def planned_step(optimizer: Any, index: int, kind: str, hp: list[float]) -> bool
     ):
         plan = plans[key] = _Plan(optimizer, params, kind)
     if plan.dtype is None:
-        if not optimizer.state.get(params[0]):
-            del plans[key]  # first step: build the plan once the state exists
+        if plan.retry:
+            del plans[key]
         return False
     if plan.handle is not None:
         status = _gather.gather(plan.handle, plan.pointers.buffer_info()[0] + 8 * plan.grad_slot)
     else:
-        status = _python_gather(plan, params)
+        status = _python_gather(plan)
     if status != _gather.OK:
         if status == _gather.STALE:
             del plans[key]
@@ -344,24 +353,27 @@ def planned_step(optimizer: Any, index: int, kind: str, hp: list[float]) -> bool
     return True
 
 
-def _python_gather(plan: _Plan, params: list[torch.Tensor]) -> int:
+def _python_gather(plan: _Plan) -> int:
     """:func:`descent.optim._gather.gather` in Python, where the C++ library is unavailable:
     the same checks and answers; the gradients' pointers go into the plan's array."""
     # Each check below is one pass over the list in C (map), as few as safety allows: on
     # thousands of small tensors the tensors' metadata is usually out of cache (the previous
     # step streamed hundreds of MiB), and each pass costs a few percent of the step.
-    if list(map(_data_ptr, params)) != plan.param_ptrs:
+    if list(map(_data_ptr, plan.rows)) != plan.param_ptrs:
         return _gather.STALE  # a parameter's storage moved (or another took its slot)
-    grads = list(map(_grad, params))
+    if any(grad is not None for grad in map(_grad, plan.idle)):
+        return _gather.STALE  # an idle parameter got a gradient
+    grads = list(map(_grad, plan.rows))
     try:
-        grad_ptrs = array.array("Q", map(_data_ptr, grads))  # TypeError: a missing gradient
+        grad_ptrs = array.array("Q", map(_data_ptr, grads))
         # torch keeps a gradient's device and shape equal to its parameter's current ones; its
-        # strides and (with ``grad_dtype``) dtype are free. is_contiguous raises for sparse
-        # layouts.
+        # strides and (with ``grad_dtype``) dtype are free.
         if set(map(_dtype, grads)) != {plan.dtype} or not all(map(_is_contiguous, grads)):
-            return _gather.MISSING
-    except (TypeError, RuntimeError):
-        return _gather.MISSING
+            return _gather.GENERAL
+    except TypeError:  # None has no data_ptr
+        return _gather.STALE  # a row lost its gradient
+    except RuntimeError:  # sparse layouts have no data_ptr
+        return _gather.GENERAL
     # ``p.data = p.data[:k]`` keeps the pointer and shrinks the parameter and its next
     # gradient: the kernel must never read past a gradient's end, and the plan is stale.
     if list(map(_numel, grads)) != plan.numels:

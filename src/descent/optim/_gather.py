@@ -40,7 +40,8 @@ _SOURCE = r"""
 namespace {
 
 struct Plan {
-  std::vector<at::Tensor> params;  // held: a parameter never dies while its plan lives
+  std::vector<at::Tensor> params;  // the rows; held: a parameter never dies while its plan lives
+  std::vector<at::Tensor> idle;    // the group's parameters without a gradient at creation
   std::vector<void*> pointers;
   std::vector<int64_t> numels;
   c10::ScalarType dtype;
@@ -50,8 +51,9 @@ std::mutex lock;
 std::unordered_map<int64_t, Plan> plans;
 int64_t next_handle = 1;
 
-int64_t create(const std::vector<at::Tensor>& params, c10::ScalarType dtype) {
-  Plan plan{params, {}, {}, dtype};
+int64_t create(const std::vector<at::Tensor>& params, const std::vector<at::Tensor>& idle,
+               c10::ScalarType dtype) {
+  Plan plan{params, idle, {}, {}, dtype};
   for (const auto& p : params) {
     plan.pointers.push_back(p.data_ptr());
     plan.numels.push_back(p.numel());
@@ -96,10 +98,11 @@ inline void prefetch(const std::vector<at::Tensor>& params, size_t i) {
 }
 
 /* 0: out[i] holds the data pointer of parameter i's gradient, for every i.
-   1: some gradient is missing, or not a dense contiguous CPU tensor of the plan's dtype: take
-      the general path this step.
+   1: some gradient is not a dense contiguous CPU tensor of the plan's dtype: take the general
+      path this step.
    2: the plan is stale (a parameter's storage moved or its size changed; a gradient whose
-      size differs from the plan's) or unknown: rebuild it. */
+      size differs from the plan's; a row without gradient or an idle parameter with one) or
+      unknown: rebuild it. */
 int64_t gather(int64_t handle, int64_t out_address) {
   std::lock_guard<std::mutex> guard(lock);
   auto found = plans.find(handle);
@@ -112,27 +115,30 @@ int64_t gather(int64_t handle, int64_t out_address) {
     const at::Tensor& p = plan.params[i];
     if (p.data_ptr() != plan.pointers[i] || p.numel() != plan.numels[i]) return 2;
     const at::Tensor& g = p.grad();
-    if (!g.defined() || g.layout() != c10::kStrided || !g.is_cpu() ||
-        g.scalar_type() != plan.dtype || !g.is_contiguous()) {
+    if (!g.defined()) return 2;
+    if (g.layout() != c10::kStrided || !g.is_cpu() || g.scalar_type() != plan.dtype ||
+        !g.is_contiguous()) {
       status = 1;
       continue;
     }
     if (g.numel() != plan.numels[i]) return 2;
     out[i] = g.data_ptr();
   }
+  for (const auto& p : plan.idle)
+    if (p.grad().defined()) return 2;
   return status;
 }
 
 }  // namespace
 
 TORCH_LIBRARY(descent_fused, m) {
-  m.def("create(Tensor[] params, ScalarType dtype) -> int", &create);
+  m.def("create(Tensor[] params, Tensor[] idle, ScalarType dtype) -> int", &create);
   m.def("release(int handle) -> ()", &release);
   m.def("gather(int handle, int out) -> int", &gather);
 }
 """
 
-OK, MISSING, STALE = 0, 1, 2
+OK, GENERAL, STALE = 0, 1, 2
 """:func:`gather`'s answers: pointers written; take the general path; rebuild the plan."""
 
 _lock = threading.Lock()
@@ -197,9 +203,10 @@ def unavailable_reason() -> str | None:
     return _failure
 
 
-def create(params: list[torch.Tensor], dtype: torch.dtype) -> int:
-    """Register ``params`` (held until :func:`release`); returns the plan's handle."""
-    return _load().create(params, dtype)
+def create(params: list[torch.Tensor], idle: list[torch.Tensor], dtype: torch.dtype) -> int:
+    """Register a plan's rows ``params`` and the parameters ``idle`` that must stay without a
+    gradient (all held until :func:`release`); returns the plan's handle."""
+    return _load().create(params, idle, dtype)
 
 
 def release(handle: int) -> None:
@@ -209,5 +216,5 @@ def release(handle: int) -> None:
 
 def gather(handle: int, address: int) -> int:
     """Write the gradients' data pointers to the ``uint64`` array at ``address`` (one per
-    parameter, in order); returns :data:`OK`, :data:`MISSING` or :data:`STALE`."""
+    parameter, in order); returns :data:`OK`, :data:`GENERAL` or :data:`STALE`."""
     return _ops.gather(handle, address)
