@@ -101,7 +101,7 @@ def test_a_missing_toml_file_is_refused(tmp_path):
         ({"one_cycle_warmup_fraction": 1.0}, ValueError, r"one_cycle_warmup_fraction"),
         ({"clip": "global"}, ValueError, r"Invalid clip: 'global' \(allowed: norm, value\)"),
         ({"clip_threshold": 0}, ValueError, r"Invalid clip_threshold: 0"),
-        ({"autocast": "float16"}, ValueError, r"Invalid autocast: 'float16' \(allowed: bfloat16"),
+        ({"autocast": "float8"}, ValueError, r"Invalid autocast: .float8. \(allowed: bfloat16"),
         ({"rgd_tau": -1.0}, ValueError, r"Invalid rgd_tau"),
         ({"curvature_estimator": "exact"}, ValueError, r"Invalid curvature_estimator"),
         ({"init": "orthogonal"}, ValueError, r"Invalid init: 'orthogonal'"),

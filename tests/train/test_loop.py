@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -181,6 +184,100 @@ def test_bfloat16_autocast_runs_the_forward_in_bfloat16():
     assert seen and set(seen) == {torch.bfloat16}
     assert history.losses[-1] < history.losses[0]
     assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+def _amp_problem(overflow: bool):
+    """Classification (gradients fit float16 at the initial scale 2**16) or a regression on
+    large targets (the scaled float16 gradient of the output overflows: steps are skipped
+    while the scale comes down)."""
+    x, y = classification()
+    if not overflow:
+        return x, y, mlp(), F.cross_entropy
+    return x, (y.float() * 300).unsqueeze(1), mlp(classes=1), F.mse_loss
+
+
+@pytest.mark.parametrize("overflow", [False, True], ids=["fits", "overflows"])
+def test_float16_autocast_equals_torchs_amp_recipe(overflow):
+    """fit(autocast="float16") is torch's recipe (autocast forward, GradScaler: scale, unscale,
+    step or skip, update), bit for bit; overflowing steps are skipped, not rolled back."""
+    x, y, model, loss_fn = _amp_problem(overflow)
+    reference = copy.deepcopy(model)
+    config = TrainConfig(
+        optimizer="adam", lr=0.01, steps=25, autocast="float16", log_every=1, progress="none"
+    )
+    seen = []
+    model[0].register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
+    history = fit(model, (x, y), loss_fn, config)
+    assert set(seen) == {torch.float16}
+
+    optimizer = torch.optim.Adam(reference.parameters(), lr=0.01)
+    scaler = torch.amp.GradScaler("cpu")
+    scales = []
+    for _ in range(25):
+        with torch.autocast("cpu", dtype=torch.float16):
+            loss = loss_fn(reference(x), y)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        scales.append(scaler.get_scale())
+        optimizer.zero_grad(set_to_none=True)
+    assert_bitwise_equal(weights(model), weights(reference))
+    assert [record["loss_scale"] for record in history.records] == scales
+    assert not history.rollbacks
+    assert (min(scales) < 2.0**16) is overflow  # the overflowing problem backed the scale off
+    assert history.losses[-1] < history.losses[0]
+
+
+def test_float16_resume_restores_the_loss_scale(tmp_path):
+    """The scaler's state is in the checkpoint: a resumed float16 run equals the uninterrupted
+    one (restarting at the initial scale would skip steps again)."""
+    runs = []
+    for name in ("whole", "interrupted"):
+        x, y, model, loss_fn = _amp_problem(overflow=True)
+        config = TrainConfig(
+            optimizer="adam", lr=0.01, steps=20, autocast="float16", run_dir=str(tmp_path / name),
+            checkpoint_every=5, progress="none",
+        )  # fmt: skip
+
+        def crash(info, interrupt=name == "interrupted"):
+            if interrupt and info["step"] == 12:
+                raise KeyError("stop")
+
+        try:
+            fit(model, (x, y), loss_fn, config, callbacks=[crash])
+        except KeyError:
+            model = _amp_problem(overflow=True)[2]
+            fit(model, (x, y), loss_fn, config, resume=tmp_path / name)
+        runs.append(weights(model))
+    assert (
+        load_checkpoint(tmp_path / "interrupted" / "checkpoints" / "step_000000010.pt")["scaler"][
+            "scale"
+        ]
+        < 2.0**16
+    )
+    assert_bitwise_equal(*runs)
+
+
+def test_float16_rollback_and_sophia_curvature():
+    """A non-finite loss under float16 still rolls back (and the next step unscales again);
+    Sophia's curvature refresh runs in full precision, so h stays finite."""
+    x, y = classification()
+    calls = []
+
+    def flaky(outputs, targets):
+        calls.append(1)
+        loss = F.cross_entropy(outputs, targets)
+        return loss * math.inf if len(calls) == 6 else loss
+
+    config = TrainConfig(
+        optimizer="sophia", lr=0.01, steps=30, autocast="float16", progress="none",
+        hyperparameters={"k": 2}, curvature_estimator="gnb",
+    )  # fmt: skip
+    model = mlp()
+    history = fit(model, (x, y), flaky, config)
+    assert [record["reason"] for record in history.rollbacks] == ["non-finite loss (inf)"]
+    assert history.losses[-1] < history.losses[0]
+    assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
 def test_rgd_reweights_per_example_losses_like_rgd_loss():

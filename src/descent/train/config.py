@@ -20,7 +20,7 @@ from descent.optim import OPTIMIZERS
 SCHEDULES = ("constant", "step", "cosine", "warmup_cosine", "cyclical", "one_cycle")
 CYCLICAL_MODES = ("triangular", "triangular2", "exp_range")
 CLIP_MODES = ("norm", "value")
-AUTOCAST_DTYPES = ("bfloat16",)
+AUTOCAST_DTYPES = ("bfloat16", "float16")
 INITIALISATIONS = ("default", "xavier", "he")
 CURVATURE_ESTIMATORS = ("auto", "gnb", "hutchinson")
 PROGRESS_MODES = ("auto", "bar", "lines", "none")
@@ -64,7 +64,8 @@ class TrainConfig:
     # -- gradient handling -------------------------------------------------------------------
     clip: str = "norm"  # clip by global "norm" or element-wise "value"
     clip_threshold: float | None = None  # None: no clipping
-    autocast: str | None = None  # None (full precision) or "bfloat16"
+    autocast: str | None = None  # None (full precision), "bfloat16", or "float16" (with
+    #                               loss scaling by torch.amp.GradScaler)
     rgd_tau: float | None = None  # RGD re-weighting with this tau; loss_fn must return
     #                                per-example losses (reduction="none")
     curvature_estimator: str = "auto"  # auto: GNB for cross-entropy over logits, else Hutchinson

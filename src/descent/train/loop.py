@@ -175,8 +175,12 @@ class _Run:
         self.autocast = (
             contextlib.nullcontext
             if c.autocast is None
-            else functools.partial(torch.autocast, self.device.type, dtype=torch.bfloat16)
+            else functools.partial(torch.autocast, self.device.type, dtype=_PRECISIONS[c.autocast])
         )
+        # float16's narrow range needs loss scaling (bfloat16 has float32's range): the loss is
+        # scaled before backward, the gradients unscaled before clipping, and a step whose
+        # gradients overflowed is skipped while the scale comes down.
+        self.scaler = torch.amp.GradScaler(self.device.type) if c.autocast == "float16" else None
         self.gnb = c.curvature_estimator == "gnb" or (
             c.curvature_estimator == "auto" and _is_cross_entropy(loss_fn)
         )
@@ -247,11 +251,15 @@ class _Run:
                 loss_value = loss.item() if (c.guard or self.callbacks) else math.nan
                 log_now = (step + 1) % c.log_every == 0 or step + 1 == self.total_steps
 
-                # clip (the norm is measured before clipping)
+                # clip (the norm is measured before clipping, on unscaled gradients)
+                if self.scaler is not None:
+                    self.scaler.unscale_(optimizer)
                 grad_norm = self._clip(measure=log_now)
 
-                # guard, then step and curvature refresh
-                reason = self.guard.check(loss_value, grad_norm) if c.guard else None
+                # guard, then step and curvature refresh (with loss scaling, overflowing
+                # gradients are the scaler's to skip, not a divergence)
+                checked = grad_norm if self.scaler is None else None
+                reason = self.guard.check(loss_value, checked) if c.guard else None
                 if reason is None and c.guard:
                     reason = self.guard.accept(step, loss_value, model, optimizer)
                 win_rate = None
@@ -265,11 +273,15 @@ class _Run:
                     }
                     history.rollbacks.append(record)
                     logger.rollback(record)
+                    if self.scaler is not None:
+                        self.scaler.update()  # this step's unscale_ is done with
                 else:
-                    if self.step_takes_bs:
-                        optimizer.step(bs=predictions)
+                    arguments = {"bs": predictions} if self.step_takes_bs else {}
+                    if self.scaler is None:
+                        optimizer.step(**arguments)
                     else:
-                        optimizer.step()
+                        self.scaler.step(optimizer, **arguments)
+                        self.scaler.update()
                     if log_now and hasattr(optimizer, "win_rate"):
                         win_rate = optimizer.win_rate()  # before the refresh changes h
                     if self.asks_for_curvature and optimizer.curvature_due:
@@ -297,6 +309,8 @@ class _Run:
                     }
                     if win_rate is not None:
                         record["win_rate"] = win_rate
+                    if self.scaler is not None:
+                        record["loss_scale"] = self.scaler.get_scale()
                     last_log = (now, self.position)
                     history.records.append(record)
                     logger.step(record)
@@ -328,7 +342,8 @@ class _Run:
             self.position += 1
             with self.autocast():
                 loss = self._loss(self.model(x), y)
-            (loss / accumulation if accumulation > 1 else loss).backward()
+            mean = loss / accumulation if accumulation > 1 else loss
+            (mean if self.scaler is None else self.scaler.scale(mean)).backward()
             detached = loss.detach()
             total = detached if total is None else total + detached
             predictions += _predictions(y)
@@ -371,7 +386,9 @@ class _Run:
         optimizer = self.optimizer
         x, y = self.batches.get(self.position)
         optimizer.zero_grad(set_to_none=True)
-        with self.autocast():
+        # Under float16 the refresh runs in full precision: its backward is not loss-scaled.
+        precision = self.autocast if self.scaler is None else contextlib.nullcontext
+        with precision():
             outputs = self.model(x)
         if self.gnb:
             gnb_loss(outputs, generator=self.curvature_rng).backward()
@@ -379,7 +396,7 @@ class _Run:
                 torch.nn.utils.clip_grad_norm_(self.trainable, self.config.curvature_clip)
             optimizer.update_hessian()
         else:
-            with self.autocast():
+            with precision():
                 losses = self.loss_fn(outputs, y)
             # per-example losses (RGD): the curvature of their plain mean, not the re-weighting
             loss = losses.mean() if losses.dim() else losses
@@ -399,7 +416,7 @@ class _Run:
             loss_sum += float(losses.sum() if losses.dim() else losses * len(y))
             count += len(y)
             if self.metrics:
-                outputs.append(out.float() if out.dtype == torch.bfloat16 else out)
+                outputs.append(out.float() if out.dtype in _PRECISIONS.values() else out)
                 targets.append(y)
         self.model.train()
         record = {
@@ -430,6 +447,7 @@ class _Run:
             "data": self.batches.state_dict(),
             "guard": self.guard.state_dict(),
             "early_stopping": self.stopper.state_dict(),
+            "scaler": None if self.scaler is None else self.scaler.state_dict(),
             "config": c.to_dict(),
             "history": self.history.to_dict(),
         }
@@ -449,6 +467,8 @@ class _Run:
         self.scheduler.load_state_dict(checkpoint["scheduler"])
         self.guard.load_state_dict(checkpoint["guard"])
         self.stopper.load_state_dict(checkpoint["early_stopping"])
+        if self.scaler is not None and checkpoint.get("scaler"):
+            self.scaler.load_state_dict(checkpoint["scaler"])
         self.history = History.from_dict(checkpoint["history"])
         self.step, self.position = checkpoint["step"], checkpoint["position"]
         if self.step > self.total_steps:
@@ -462,6 +482,8 @@ class _Run:
 
 
 # -- helpers ---------------------------------------------------------------------------------
+
+_PRECISIONS = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def _apply_lr(
