@@ -33,6 +33,7 @@ _SOURCE = r"""
 #include <torch/library.h>
 
 #include <cstdint>
+#include <memory>
 #include <mutex>
 #include <unordered_map>
 #include <vector>
@@ -47,16 +48,19 @@ struct Plan {
   c10::ScalarType dtype;
 };
 
+// The lock guards the map only: a walk holds its plan by shared_ptr, so a release (say from
+// a garbage-collection finalizer that a tensor's Python dispatch triggers mid-walk) neither
+// waits for the walk nor frees the plan under it.
 std::mutex lock;
-std::unordered_map<int64_t, Plan> plans;
+std::unordered_map<int64_t, std::shared_ptr<const Plan>> plans;
 int64_t next_handle = 1;
 
 int64_t create(const std::vector<at::Tensor>& params, const std::vector<at::Tensor>& idle,
                c10::ScalarType dtype) {
-  Plan plan{params, idle, {}, {}, dtype};
+  auto plan = std::make_shared<Plan>(Plan{params, idle, {}, {}, dtype});
   for (const auto& p : params) {
-    plan.pointers.push_back(p.data_ptr());
-    plan.numels.push_back(p.numel());
+    plan->pointers.push_back(p.data_ptr());
+    plan->numels.push_back(p.numel());
   }
   std::lock_guard<std::mutex> guard(lock);
   int64_t handle = next_handle++;
@@ -104,10 +108,14 @@ inline void prefetch(const std::vector<at::Tensor>& params, size_t i) {
       size differs from the plan's; a row without gradient or an idle parameter with one) or
       unknown: rebuild it. */
 int64_t gather(int64_t handle, int64_t out_address) {
-  std::lock_guard<std::mutex> guard(lock);
-  auto found = plans.find(handle);
-  if (found == plans.end()) return 2;
-  const Plan& plan = found->second;
+  std::shared_ptr<const Plan> held;
+  {
+    std::lock_guard<std::mutex> guard(lock);
+    auto found = plans.find(handle);
+    if (found == plans.end()) return 2;
+    held = found->second;
+  }
+  const Plan& plan = *held;
   void** out = reinterpret_cast<void**>(out_address);
   int64_t status = 0;
   for (size_t i = 0; i < plan.params.size(); i++) {
