@@ -270,8 +270,54 @@ def test_frozen_parameters_stay_on_the_plan(cls, planned, gather):
     if cls is Lion:
         assert outcomes[1] == [False, True, True, True, True, False, True, True]
     else:  # (step, update_hessian) per step; the curvature plan runs from the first step on
-        steps = [(False, True)] + [(True, True)] * 4 + [(False, False)] + [(True, True)] * 2
+        # and, at the unfreezing step, is rebuilt at once: the step's general path changed the
+        # state (the new parameter's entries), which the plans see as a new state version.
+        steps = [(False, True)] + [(True, True)] * 4 + [(False, True)] + [(True, True)] * 2
         assert outcomes[1] == [outcome for pair in steps for outcome in pair]
+
+
+@pytest.mark.parametrize(
+    "change",
+    ["replace a tensor", "replace the dict", "update", "delete", "pop", "clear", "load_state_dict"],
+)
+@pytest.mark.parametrize("cls", [Lion, Sophia], ids=lambda c: c.__name__)
+def test_plans_see_state_changes(cls, change, planned, gather):
+    """The plans keep pointers to the state tensors; whatever way the state is changed between
+    steps, the next step uses the new state, as the single-tensor path does."""
+    kwargs = {"bs": 4} if cls is Sophia else {}
+    runs = []
+    for path in ("single", "fused"):
+        params = _params(torch.float32)[:3]
+        optimizer = cls(params, lr=1e-2, weight_decay=0.1, **kwargs, **PATHS[path])
+        generator = torch.Generator().manual_seed(7)
+        for step in range(6):
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=generator)
+            if step == 3:
+                state, p = optimizer.state, params[1]
+                fresh = {key: torch.zeros_like(value) for key, value in state[p].items()}
+                if change == "replace a tensor":
+                    state[p]["exp_avg"] = fresh["exp_avg"]
+                elif change == "replace the dict":
+                    state[p] = fresh
+                elif change == "update":
+                    state[p].update(exp_avg=fresh["exp_avg"])
+                elif change == "delete":
+                    del state[p]
+                elif change == "pop":
+                    state.pop(p)
+                elif change == "clear":
+                    state.clear()
+                else:
+                    saved = optimizer.state_dict()
+                    saved["state"][1]["exp_avg"] = fresh["exp_avg"]
+                    optimizer.load_state_dict(saved)
+            optimizer.step()
+            if cls is Sophia:
+                optimizer.update_hessian()
+        runs.append(_snapshot(optimizer, params))
+    _assert_identical(*runs)
+    assert planned[-1] is True  # back on a plan after the change
 
 
 @pytest.mark.parametrize("update", ["Lion.step", "Sophia.step", "Sophia.update_hessian"])

@@ -12,12 +12,117 @@ from descent.optim import _fused
 from descent.optim._validation import check_dense, check_params
 
 
+class _Counting:
+    """dict methods that count every change (dict's own ``update``, ``pop``, ... bypass
+    ``__setitem__`` and ``__delitem__``)."""
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        super().__setitem__(key, self._wrap(value))
+        self._bump()
+
+    def __delitem__(self, key: Any) -> None:
+        super().__delitem__(key)
+        self._bump()
+
+    def pop(self, *args: Any) -> Any:
+        self._bump()
+        return super().pop(*args)
+
+    def popitem(self) -> tuple:
+        self._bump()
+        return super().popitem()
+
+    def clear(self) -> None:
+        self._bump()
+        super().clear()
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        for key, value in dict(*args, **kwargs).items():
+            self[key] = value
+
+    def setdefault(self, key: Any, default: Any = None) -> Any:
+        if key not in self:
+            self[key] = default
+        return self[key]
+
+    def __ior__(self, other: Any) -> Any:
+        self.update(other)
+        return self
+
+    def _wrap(self, value: Any) -> Any:
+        return value
+
+
+class _ParamState(_Counting, dict):
+    """One parameter's state, counting its changes on the optimizer's state version: the
+    fused plans keep pointers to these tensors and must see a replaced one."""
+
+    def __init__(self, book: _State, *args: Any, **kwargs: Any) -> None:
+        dict.__init__(self, *args, **kwargs)
+        self.book = book
+
+    def _bump(self) -> None:
+        self.book.version += 1
+
+    def __reduce__(self) -> tuple:  # copies and pickles are plain dicts
+        return (dict, (dict(self),))
+
+
+class _State(_Counting, defaultdict):
+    """``optimizer.state``: parameter -> :class:`_ParamState`; ``version`` counts every change
+    of its entries or of theirs, an O(1) check for the fused plans."""
+
+    def __init__(self, items: Any = ()) -> None:
+        defaultdict.__init__(self, None)
+        self.version = 0
+        self.update(items)
+
+    def __missing__(self, key: Any) -> _ParamState:
+        self[key] = {}
+        return dict.__getitem__(self, key)
+
+    def _bump(self) -> None:
+        self.version += 1
+
+    def _wrap(self, value: Any) -> _ParamState:
+        return (
+            value
+            if isinstance(value, _ParamState) and value.book is self
+            else _ParamState(self, value)
+        )
+
+    def __reduce__(self) -> tuple:  # copies and pickles are a plain defaultdict(dict)
+        return (_plain_state, (list(self.items()),))
+
+
+def _plain_state(items: list) -> defaultdict:
+    return defaultdict(dict, ((key, dict(value)) for key, value in items))
+
+
 class DescentOptimizer(torch.optim.Optimizer):
     """A ``torch.optim.Optimizer`` that validates every param group it is given.
 
     Subclasses implement ``_check_hyperparameters(group)``; it runs for the defaults and for
     every group added later, so a bad lr in a second param group is refused like a bad default.
+    Its ``state`` counts changes (``state.version``), however it was set or replaced.
     """
+
+    @property
+    def state(self) -> _State:
+        state = self.__dict__.get("state")
+        if not isinstance(state, _State):
+            state = self.__dict__["state"] = _State(state or ())
+        return state
+
+    @state.setter
+    def state(self, value: Any) -> None:
+        self.__dict__["state"] = value  # wrapped when next read
+
+    def state_dict(self) -> dict[str, Any]:
+        """torch's state dict, with plain dicts (``torch.load(weights_only=True)`` reads it)."""
+        state_dict = super().state_dict()
+        state_dict["state"] = {key: dict(value) for key, value in state_dict["state"].items()}
+        return state_dict
 
     def __init__(self, params: Any, defaults: dict[str, Any]) -> None:
         self._check_hyperparameters(defaults)

@@ -212,13 +212,14 @@ def sophia_scalars(
 # -- the steady state: a cached plan per param group -------------------------------------------
 #
 # On thousands of small tensors even list-wide checks cost a large part of the kernel's time.
-# After the first step, a group whose every parameter has a gradient and whose every row the
-# kernel takes keeps its parameter and state pointers in a plan (one per group and update:
-# the Lion or Sophia step, Sophia's GNB curvature update); a step then only reads the
-# gradients, checks they are contiguous and of the plan's dtype, and checks that no
-# parameter's storage moved. The plan holds references to the state tensors (so its pointers
-# never dangle) and is dropped when the optimizer's state dict is replaced (load_state_dict) or
-# the group's parameters change.
+# After the first step, a group whose every row (parameter with a gradient) the kernel takes
+# keeps its parameter and state pointers in a plan (one per group and update: the Lion or
+# Sophia step, Sophia's GNB curvature update); a step then only gathers the gradients
+# (:mod:`descent.optim._gather`: present, contiguous, of the plan's dtype and size, no
+# parameter moved, no idle parameter with a gradient). The plan holds references to the state
+# tensors (so its pointers never dangle) and is rebuilt when the optimizer's state changes
+# (``state.version``: an entry added, replaced or removed, load_state_dict) or the group's
+# parameters do.
 
 # kind -> (whether the parameters' pointers lead, state keys whose pointers come before the
 # gradients', state keys after them): the kernels' pointer layout.
@@ -237,7 +238,7 @@ class _Plan:
     __slots__ = (
         "__weakref__", "count", "dtype", "function", "grad_slot", "handle", "idle", "keep",
         "numels", "param_list", "param_ptrs", "params", "pointers", "retry", "rows", "sizes",
-        "state", "steps",
+        "state", "steps", "version",
     )  # fmt: skip
 
     def __init__(self, optimizer: Any, params: list[torch.Tensor], kind: str) -> None:
@@ -246,6 +247,7 @@ class _Plan:
         self.param_list = params
         self.params = list(params)
         self.state = optimizer.state
+        self.version = optimizer.state.version  # any change to the state entries: rebuild
         self.dtype = None  # None: the kernel cannot take every row; use the general path
         self.handle = None  # the C++ gather's plan, where it is available
         # Its rows are the parameters with a gradient now; the others (frozen, unused) must
@@ -326,6 +328,7 @@ def planned_step(optimizer: Any, index: int, kind: str, hp: list[float]) -> bool
         or plan.param_list is not params
         or len(plan.params) != len(params)
         or plan.state is not optimizer.state
+        or plan.version != optimizer.state.version
     ):
         plan = plans[key] = _Plan(optimizer, params, kind)
     if plan.dtype is None:
