@@ -210,37 +210,57 @@ def test_rows_the_kernel_cannot_take_fall_back(cls, kernel_calls):
     assert kernel_calls  # the contiguous float32/float64 rows were fused
 
 
+def _single_and_fused(cls, planned, steps: int, between, count: int = 3, seed: int = 5):
+    """Run ``steps`` steps on the single-tensor path and on the fused one, calling
+    ``between(step, optimizer, params, generator)`` before each step (it sets the gradients
+    and makes that step's change); assert both end bitwise equal; return the fused run's plan
+    outcomes (Sophia: each step's, then its curvature update's)."""
+    kwargs = {"bs": 4} if cls is Sophia else {}
+    runs = []
+    for path in ("single", "fused"):
+        params = _params(torch.float32)[:count]
+        optimizer = cls(params, lr=1e-2, weight_decay=0.1, **kwargs, **PATHS[path])
+        generator = torch.Generator().manual_seed(seed)
+        planned.clear()
+        for step in range(steps):
+            between(step, optimizer, params, generator)
+            optimizer.step()
+            if cls is Sophia:
+                optimizer.update_hessian()
+        runs.append(_snapshot(optimizer, params))
+        if path == "single":
+            assert not planned  # the single-tensor path never asks for a plan
+    _assert_identical(*runs)
+    return list(planned)
+
+
+def _fresh_grads(params, generator) -> None:
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=generator)
+
+
 @pytest.mark.parametrize("cls", [Lion, Sophia], ids=lambda c: c.__name__)
 def test_plan_follows_changes(cls, planned, gather):
     """The cached plan never runs stale: a parameter whose storage moved, a non-contiguous
     gradient, a missing gradient and a reloaded state each take the general path for that
     step, and every step still equals the single-tensor path. (Sophia: the same for the
     curvature update's plan, which runs after every step here.)"""
-    kwargs = {"bs": 4} if cls is Sophia else {}
-    runs = []
-    for path in ("single", "fused"):
-        params = _params(torch.float32)[:3]
-        optimizer = cls(params, lr=1e-2, weight_decay=0.1, **kwargs, **PATHS[path])
-        generator = torch.Generator().manual_seed(5)
-        for step in range(9):
-            for p in params:
-                p.grad = torch.randn(p.shape, generator=generator)
-            if step == 3:
-                params[0].data = params[0].data.clone()  # new storage under the same Parameter
-            if step == 4:
-                params[2].grad = params[2].grad.t().contiguous().t()  # same values, transposed
-            if step == 5:
-                params[1].grad = None
-            if step == 6:
-                optimizer.load_state_dict(optimizer.state_dict())
-            optimizer.step()
-            if cls is Sophia:
-                optimizer.update_hessian()
-        runs.append(_snapshot(optimizer, params))
-    _assert_identical(*runs)
-    assert planned.count(True) >= 4 and planned.count(False) >= 4
+
+    def between(step, optimizer, params, generator):
+        _fresh_grads(params, generator)
+        if step == 3:
+            params[0].data = params[0].data.clone()  # new storage under the same Parameter
+        if step == 4:
+            params[2].grad = params[2].grad.t().contiguous().t()  # same values, transposed
+        if step == 5:
+            params[1].grad = None
+        if step == 6:
+            optimizer.load_state_dict(optimizer.state_dict())
+
+    outcomes = _single_and_fused(cls, planned, 9, between)
+    assert outcomes.count(True) >= 4 and outcomes.count(False) >= 4
     if cls is Sophia:  # both plans ran: the step's and the curvature update's
-        assert sum(planned) >= 8
+        assert sum(outcomes) >= 8
 
 
 @pytest.mark.parametrize("cls", [Lion, Sophia], ids=lambda c: c.__name__)
@@ -248,32 +268,21 @@ def test_frozen_parameters_stay_on_the_plan(cls, planned, gather):
     """Parameters without gradients (frozen, unused) do not keep a group off its plan; one
     that gets a gradient later rebuilds the plan (its state is created on the general path
     first). Every step equals the single-tensor path."""
-    kwargs = {"bs": 4} if cls is Sophia else {}
-    runs, outcomes = [], []
-    for path in ("single", "fused"):
-        params = _params(torch.float32)
-        optimizer = cls(params, lr=1e-2, weight_decay=0.1, **kwargs, **PATHS[path])
-        generator = torch.Generator().manual_seed(3)
-        planned.clear()
-        for step in range(8):
-            for index, p in enumerate(params):  # params[3] is unfrozen at step 5
-                trainable = index < 3 or (index == 3 and step >= 5)
-                p.grad = torch.randn(p.shape, generator=generator) if trainable else None
-            optimizer.step()
-            if cls is Sophia:
-                optimizer.update_hessian()
-        runs.append(_snapshot(optimizer, params))
-        outcomes.append(list(planned))
-    _assert_identical(*runs)
-    assert outcomes[0] == []  # the single-tensor path never asks for a plan
+
+    def between(step, optimizer, params, generator):
+        for index, p in enumerate(params):  # params[3] is unfrozen at step 5, [4] stays frozen
+            trainable = index < 3 or (index == 3 and step >= 5)
+            p.grad = torch.randn(p.shape, generator=generator) if trainable else None
+
+    outcomes = _single_and_fused(cls, planned, 8, between, count=len(SHAPES), seed=3)
     # Per step: the first has no state; the unfreezing step rebuilds (general path).
     if cls is Lion:
-        assert outcomes[1] == [False, True, True, True, True, False, True, True]
+        assert outcomes == [False, True, True, True, True, False, True, True]
     else:  # (step, update_hessian) per step; the curvature plan runs from the first step on
         # and, at the unfreezing step, is rebuilt at once: the step's general path changed the
         # state (the new parameter's entries), which the plans see as a new state version.
         steps = [(False, True)] + [(True, True)] * 4 + [(False, True)] + [(True, True)] * 2
-        assert outcomes[1] == [outcome for pair in steps for outcome in pair]
+        assert outcomes == [outcome for pair in steps for outcome in pair]
 
 
 @pytest.mark.parametrize(
@@ -284,40 +293,32 @@ def test_frozen_parameters_stay_on_the_plan(cls, planned, gather):
 def test_plans_see_state_changes(cls, change, planned, gather):
     """The plans keep pointers to the state tensors; whatever way the state is changed between
     steps, the next step uses the new state, as the single-tensor path does."""
-    kwargs = {"bs": 4} if cls is Sophia else {}
-    runs = []
-    for path in ("single", "fused"):
-        params = _params(torch.float32)[:3]
-        optimizer = cls(params, lr=1e-2, weight_decay=0.1, **kwargs, **PATHS[path])
-        generator = torch.Generator().manual_seed(7)
-        for step in range(6):
-            for p in params:
-                p.grad = torch.randn(p.shape, generator=generator)
-            if step == 3:
-                state, p = optimizer.state, params[1]
-                fresh = {key: torch.zeros_like(value) for key, value in state[p].items()}
-                if change == "replace a tensor":
-                    state[p]["exp_avg"] = fresh["exp_avg"]
-                elif change == "replace the dict":
-                    state[p] = fresh
-                elif change == "update":
-                    state[p].update(exp_avg=fresh["exp_avg"])
-                elif change == "delete":
-                    del state[p]
-                elif change == "pop":
-                    state.pop(p)
-                elif change == "clear":
-                    state.clear()
-                else:
-                    saved = optimizer.state_dict()
-                    saved["state"][1]["exp_avg"] = fresh["exp_avg"]
-                    optimizer.load_state_dict(saved)
-            optimizer.step()
-            if cls is Sophia:
-                optimizer.update_hessian()
-        runs.append(_snapshot(optimizer, params))
-    _assert_identical(*runs)
-    assert planned[-1] is True  # back on a plan after the change
+
+    def between(step, optimizer, params, generator):
+        _fresh_grads(params, generator)
+        if step != 3:
+            return
+        state, p = optimizer.state, params[1]
+        fresh = {key: torch.zeros_like(value) for key, value in state[p].items()}
+        if change == "replace a tensor":
+            state[p]["exp_avg"] = fresh["exp_avg"]
+        elif change == "replace the dict":
+            state[p] = fresh
+        elif change == "update":
+            state[p].update(exp_avg=fresh["exp_avg"])
+        elif change == "delete":
+            del state[p]
+        elif change == "pop":
+            state.pop(p)
+        elif change == "clear":
+            state.clear()
+        else:
+            saved = optimizer.state_dict()
+            saved["state"][1]["exp_avg"] = fresh["exp_avg"]
+            optimizer.load_state_dict(saved)
+
+    outcomes = _single_and_fused(cls, planned, 6, between, seed=7)
+    assert outcomes[-1] is True  # back on a plan after the change
 
 
 @pytest.mark.parametrize("update", ["Lion.step", "Sophia.step", "Sophia.update_hessian"])
