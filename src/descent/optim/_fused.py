@@ -237,7 +237,7 @@ _numel = torch.Tensor.numel
 class _Plan:
     __slots__ = (
         "__weakref__", "count", "dtype", "function", "grad_slot", "handle", "idle", "keep",
-        "numels", "param_list", "param_ptrs", "params", "pointers", "retry", "rows", "sizes",
+        "numels", "param_list", "param_ptrs", "pointers", "retry", "rows", "sizes",
         "state", "steps", "version",
     )  # fmt: skip
 
@@ -245,13 +245,13 @@ class _Plan:
         # The plan holds the parameters and state tensors, so none of its pointers can be
         # freed and reused by another tensor while it lives.
         self.param_list = params
-        self.params = list(params)
         self.state = optimizer.state
         self.version = optimizer.state.version  # any change to the state entries: rebuild
         self.dtype = None  # None: the kernel cannot take every row; use the general path
         self.handle = None  # the C++ gather's plan, where it is available
         # Its rows are the parameters with a gradient now; the others (frozen, unused) must
-        # stay without one. A step where that changes rebuilds the plan.
+        # stay without one. A step where that changes rebuilds the plan. Together they are the
+        # group's parameters as they were when the plan was made.
         self.rows = [p for p in params if p.grad is not None]
         self.idle = [p for p in params if p.grad is None]
         states = [optimizer.state.get(p) for p in self.rows]
@@ -326,7 +326,7 @@ def planned_step(optimizer: Any, index: int, kind: str, hp: list[float]) -> bool
     if (
         plan is None
         or plan.param_list is not params
-        or len(plan.params) != len(params)
+        or len(plan.rows) + len(plan.idle) != len(params)
         or plan.state is not optimizer.state
         or plan.version != optimizer.state.version
     ):
